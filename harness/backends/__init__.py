@@ -1,0 +1,43 @@
+"""The backend registry: how each (workload, backend) pair is run, without inheritance.
+
+A Backend says whether it can run a case (`unsupported` returns a one-line reason, or None) and
+builds a zero-argument closure that runs it. All setup (weights, scales, layouts, output buffers)
+happens in `build`, so the timed region holds only the call (the tritonbench contract).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from harness.device import DeviceFacts
+from harness.dtypes import DType
+
+
+@dataclass(frozen=True)
+class Backend:
+    workload: str
+    name: str
+    description: str
+    unsupported: Callable[[dict, DType, DeviceFacts], str | None]  # (params, dtype, device) -> reason
+    build: Callable[[dict, dict, DType], Callable[[], torch.Tensor]]  # (inputs, params, dtype) -> fn
+
+
+_REGISTRY: dict[str, dict[str, Backend]] = {}
+
+
+def register(backend: Backend) -> None:
+    _REGISTRY.setdefault(backend.workload, {})[backend.name] = backend
+
+
+def names(workload: str) -> list[str]:
+    return list(_REGISTRY.get(workload, {}))
+
+
+def get(workload: str, name: str) -> Backend:
+    return _REGISTRY[workload][name]
+
+
+from harness.backends import gemm  # noqa: E402,F401  (registers the GEMM backends)

@@ -1,0 +1,64 @@
+"""GEMM backends: `torch` (cuBLAS on NVIDIA, hipBLASLt on AMD, oneDNN/MKL on CPU) and `triton`
+(ours, kernels/gemm.py). Each writes into the workload's poisoned `out` buffer, so nothing is
+allocated inside the timed region and an unwritten tile fails the check.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.backends import Backend, register
+from harness.device import DeviceFacts
+from harness.dtypes import DType
+
+
+def _torch_unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
+    m, n, k = p["m"], p["n"], p["k"]
+    on_gpu = dev.kind == "cuda"
+    if dtype.name == "tf32" and not (on_gpu and dev.vendor == "nvidia"):
+        return "TF32 is an NVIDIA tensor-core mode; elsewhere it would silently be fp32"
+    if dtype.name == "fp8":
+        if on_gpu and dev.vendor != "nvidia":
+            return "fp8 here is float8_e4m3fn; ROCm GPUs use the fnuz variant, not wired up yet"
+        if on_gpu and dev.compute_capability < (8, 9):
+            return f"fp8 tensor cores need compute capability 8.9+ (this GPU is {dev.compute_capability})"
+        if k % 16 or n % 16:
+            return f"torch._scaled_mm needs k and n divisible by 16 (got k={k}, n={n})"
+    if dtype.name == "int8" and on_gpu:
+        if m <= 16:
+            return f"torch._int_mm on a GPU needs m > 16 (got m={m})"
+        if k % 8 or n % 8:
+            return f"torch._int_mm on a GPU needs k and n divisible by 8 (got k={k}, n={n})"
+    return None
+
+
+def _torch_build(inputs: dict, p: dict, dtype: DType):
+    a, b, out = inputs["a"], inputs["b"], inputs["out"]
+    if dtype.name == "fp8":
+        one = torch.ones((), dtype=torch.float32, device=a.device)  # unit per-tensor scales
+        return lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=dtype.output, out=out)
+    if dtype.name == "int8":
+        return lambda: torch._int_mm(a, b, out=out)
+    # The runner restores the global precision after the case; "high" lets cuBLAS use TF32.
+    torch.set_float32_matmul_precision("high" if dtype.name == "tf32" else "highest")
+    return lambda: torch.matmul(a, b, out=out)
+
+
+def _triton_unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
+    from kernels import gemm
+
+    return gemm.unsupported(dtype.storage, torch.device(dev.kind))
+
+
+def _triton_build(inputs: dict, p: dict, dtype: DType):
+    from kernels import gemm
+
+    a, b, out = inputs["a"], inputs["b"], inputs["out"]
+    precision = "tf32" if dtype.name == "tf32" else "ieee"
+    return lambda: gemm.matmul(a, b, out, precision=precision)
+
+
+register(Backend("gemm", "torch", "torch.matmul / _scaled_mm / _int_mm (cuBLAS on NVIDIA GPUs)",
+                 _torch_unsupported, _torch_build))
+register(Backend("gemm", "triton", "ours: kernels/gemm.py, autotuned tiles, grouped order, TMA on Hopper",
+                 _triton_unsupported, _triton_build))

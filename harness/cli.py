@@ -1,0 +1,146 @@
+"""The `mfu` command line: run, plan and gpus.
+
+Usage and suite errors print one line (`FILE: cases[2].heads: ...`) and exit 2, never a traceback.
+`mfu run` exits 0 when every case is ok or skipped, 1 when any is error, mismatch or suspect, and
+130 when interrupted (after writing what finished).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from harness import config, device, specs
+from harness.results import RunDir
+from harness.summary import fmt
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console(highlight=False)
+    try:
+        return args.command(args, console)
+    except (config.ConfigError, UsageError) as exc:
+        print(f"mfu: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mfu", description="Measure GPU FLOP and bandwidth utilization.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a suite and write a run directory")
+    run.add_argument("config", nargs="?", help="suite YAML (default: the shipped suite for the device)")
+    run.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    run.add_argument("--out", type=Path, help="run directory (default: runs/<time>-<suite>)")
+    run.add_argument("--resume", type=Path, metavar="DIR", help="continue a run directory, skipping finished cases")
+    run.set_defaults(command=_run)
+
+    plan = sub.add_parser("plan", help="expand a suite and predict its cost, allocating nothing")
+    plan.add_argument("config", nargs="?", help="suite YAML (default: the shipped GPU suite)")
+    plan.add_argument("--gpu", help="peak table entry to predict on, e.g. h100-sxm (see `mfu gpus`)")
+    plan.add_argument("--out", type=Path, help="write DIR/results.csv")
+    plan.set_defaults(command=_plan)
+
+    gpus = sub.add_parser("gpus", help="list the peak table")
+    gpus.add_argument("--detect", action="store_true", help="show what this machine's GPU matched and why")
+    gpus.set_defaults(command=_gpus)
+    return parser
+
+
+def default_suite(kind: str) -> config.Suite:
+    """The suite shipped inside the package for this device kind (works from any install)."""
+    name = f"default-{kind}.yaml"
+    text = (resources.files("harness") / "suites" / name).read_text()
+    return config.parse(text, f"<shipped {name}>")
+
+
+def _run(args, console: Console) -> int:
+    from harness import runner
+
+    previous = RunDir(args.resume).read_meta() if args.resume else {}
+    if args.resume and not previous:
+        raise UsageError(f"{args.resume}: no meta.json there; is it a run directory?")
+    kind = args.device or previous.get("device_kind") or device.default_device()
+    if kind == "cuda" and not _cuda_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible to torch")
+    if args.config:
+        suite = config.load(args.config)
+    elif previous:
+        suite = config.parse(previous["suite_text"], previous["suite_source"])
+    else:
+        if kind == "cpu" and not args.device:
+            console.print("No CUDA GPU found: running the small CPU suite (GPU peaks do not apply).")
+        suite = default_suite(kind)
+    out = args.resume or args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{suite.name}"
+    return runner.run(suite, kind, out, console, resume=bool(args.resume))
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _plan(args, console: Console) -> int:
+    from harness import plan, runner
+
+    suite = config.load(args.config) if args.config else default_suite("cuda")
+    spec = None
+    if args.gpu:
+        try:
+            spec = specs.lookup(args.gpu)
+        except ValueError as exc:
+            raise UsageError(f"--gpu: {exc}") from None
+    elif _cuda_available():
+        spec = specs.resolve(device.detect("cuda"))
+    rows = plan.plan(suite, spec)
+    if args.out:
+        RunDir(args.out).write_csv(rows, runner.param_columns(suite))
+    table = Table(title=f"{suite.name}: {len(rows)} cases on {spec.name if spec else 'no GPU named (use --gpu)'}")
+    for h in ("case", "GFLOP", "MB", "intensity", "bound", "roofline ms", "memory GiB"):
+        table.add_column(h, justify="left" if h == "case" else "right")
+    for r in rows:
+        table.add_row(r["case_id"], f"{r['flops'] / 1e9:.3g}", f"{r['bytes'] / 1e6:.3g}",
+                      f"{r['intensity']:.1f}", r["bound"] or "", fmt(r["roofline_ms"], "{:.4f}"),
+                      f"{r['memory_gib']:.2f}")
+    console.print(table)
+    console.print(f"timing budget: at most about {plan.budget_s(suite):.0f} s plus set-up and autotuning")
+    if args.out:
+        console.print(f"written: {args.out / 'results.csv'}")
+    return 0
+
+
+def _gpus(args, console: Console) -> int:
+    if args.detect:
+        if not _cuda_available():
+            console.print("No CUDA GPU visible to torch: nothing to detect (a CPU has no datasheet peak).")
+            return 0
+        for line in specs.explain(device.detect("cuda")):
+            console.print(line)
+        return 0
+    keys = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4")
+    table = Table(title="Dense datasheet peaks (TFLOPS) and memory bandwidth (TB/s)")
+    for h in ("key", "name", *keys, "TB/s", "SMs", "boost MHz", "L2 MB", "source"):
+        table.add_column(h, overflow="fold")
+    for s in specs.table():
+        numbers = [s.peaks_tflops.get(k) for k in keys] + [s.bandwidth_tbs, s.sms, s.boost_mhz, s.l2_mb]
+        table.add_row(s.key, s.name, *(fmt(v, "{:g}") for v in numbers), s.source)
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

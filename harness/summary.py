@@ -1,0 +1,70 @@
+"""The run's comparison table, built once and rendered to markdown (summary.md) or the console.
+
+Rows are grouped per problem so the backends of one problem sit together. Only `ok` rows show
+numbers: a suspect, mismatched or failed case shows its status and reason instead, never a
+figure that cannot be trusted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+from harness import workloads
+
+NUMBERS = [("time_ms", "ms", "{:.4g}"), ("tflops", "TFLOPS", "{:.1f}"), ("gbps", "GB/s", "{:.0f}"),
+           ("mfu", "MFU", "{:.1%}"), ("mbu", "MBU", "{:.1%}"), ("bound", "bound", "{}"),
+           ("roofline", "roofline", "{:.1%}")]
+
+
+def table(rows: list[dict], workload: str) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells for one workload's rows."""
+    params = [p.name for p in workloads.REGISTRY[workload].params]
+    shown = [p for p in params if any(r.get(p) not in (None, "") for r in rows)]
+    headers = shown + ["dtype", "backend", "status"] + [h for _, h, _ in NUMBERS] + ["note"]
+    cells = []
+    for r in sorted(rows, key=lambda r: r["case_id"].rsplit(":", 1)[0]):
+        ok = r["status"] == "ok"
+        numbers = [fmt(r.get(k), f) if ok else "" for k, _, f in NUMBERS]
+        note = r.get("reason") or ""
+        cells.append([fmt(r.get(p), "{}") for p in shown] + [r["dtype"], r["backend"], r["status"]]
+                     + numbers + [note])
+    return headers, cells
+
+
+def fmt(value, pattern: str) -> str:
+    return "" if value is None or value == "" else pattern.format(value)
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    counts = Counter(r["status"] for r in rows)
+    dev = meta.get("device", {})
+    peak = meta.get("peak") or {}
+    lines = [
+        f"# {meta.get('suite', 'run')} on {dev.get('name', '?')}",
+        "",
+        f"- cases: {len(rows)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})",
+        f"- peaks: {peak.get('name', 'none (MFU and MBU left empty)')}"
+        + (f" ({peak.get('origin')}; {peak.get('reason')})" if peak else ""),
+        f"- started {meta.get('started', '?')}, finished {meta.get('finished') or 'not (interrupted)'}",
+        "",
+    ]
+    for wl in dict.fromkeys(r["workload"] for r in rows):
+        headers, cells = table([r for r in rows if r["workload"] == wl], wl)
+        lines += [f"## {wl}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def print_console(rows: list[dict], console: Console) -> None:
+    for wl in dict.fromkeys(r["workload"] for r in rows):
+        headers, cells = table([r for r in rows if r["workload"] == wl], wl)
+        t = Table(title=wl, show_lines=False)
+        for h in headers:
+            t.add_column(h, overflow="fold", justify="right" if h in {x for _, x, _ in NUMBERS} else "left")
+        for row in cells:
+            t.add_row(*row)
+        console.print(t)

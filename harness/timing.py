@@ -1,0 +1,146 @@
+"""Timing a zero-argument closure: warm-up, cache flush, per-sample timing, adaptive stopping.
+
+On a GPU each sample is bracketed by CUDA events on the current stream, after a write of a buffer
+at least twice the L2 size (outside the events) so every sample starts from a cold cache, as a
+kernel inside a real model would. Samples are queued in batches and read back after one
+synchronize, so host round trips do not stretch the measurement. Collection stops once the
+median's relative CI is under `rel_ci` (with at least `min_samples`), or when `max_time_s` is spent.
+On a CPU the same loop uses the host clock. `cuda_graph` replays a captured graph of the closure,
+which removes launch overhead for launch-bound kernels.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from harness import stats
+
+MAX_SAMPLES = 100_000  # a memory bound on the sample list, far past any useful count
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    warmup_ms: float = 25.0
+    min_samples: int = 10
+    max_time_s: float = 1.0
+    rel_ci: float = 0.01
+    l2_flush: bool = True
+    cuda_graph: bool = False
+
+    def __post_init__(self):
+        for key in RULES:
+            problem = check_setting(key, getattr(self, key))
+            if problem:
+                raise ValueError(f"{key} {problem}")
+
+
+# What each numeric setting allows; booleans need no rule.
+RULES = {
+    "warmup_ms": ("must be at least 0", lambda v: v >= 0),
+    "min_samples": ("must be at least 1", lambda v: v >= 1),
+    "max_time_s": ("must be above 0", lambda v: v > 0),
+    "rel_ci": ("must be between 0 and 1, exclusive", lambda v: 0 < v < 1),
+}
+
+
+def check_setting(key: str, value) -> str | None:
+    """None if the timing setting's value is allowed, else what is allowed and what was given."""
+    if key not in RULES:
+        return None
+    text, ok = RULES[key]
+    return None if ok(value) else f"{text} (got {value!r})"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    samples_ms: list[float]
+    summary: stats.Summary
+    converged: bool  # rel_ci reached before max_time_s
+
+
+class Timer:
+    """Times closures on one device. Holds the flush buffer, allocated once per run."""
+
+    def __init__(self, device: str, settings: TimingSettings, cache_bytes: int | None):
+        self.device, self.settings = device, settings
+        self.cuda = device == "cuda"
+        flush = 2 * (cache_bytes or (32 << 20))  # 2x the last-level cache; 64 MiB if unknown
+        self.flush_buffer = torch.empty(flush, dtype=torch.int8, device=device) if settings.l2_flush else None
+
+    def measure(self, fn) -> Measurement:
+        s = self.settings
+        per_call_s = self._warm_up(fn)
+        run = self._graph(fn) if (s.cuda_graph and self.cuda) else fn
+        samples: list[float] = []
+        deadline = time.perf_counter() + s.max_time_s
+        batch = s.min_samples
+        while True:
+            samples += self._batch(run, batch)
+            summary = stats.summarize(samples)
+            converged = len(samples) >= s.min_samples and summary.rel_ci <= s.rel_ci
+            left = deadline - time.perf_counter()
+            if converged or left <= 0 or len(samples) >= MAX_SAMPLES:
+                return Measurement(samples, summary, converged)
+            # Grow geometrically, but never plan a batch past the deadline.
+            fits = max(1, int(left / max(per_call_s, 1e-7)))
+            batch = max(1, min(len(samples), fits, MAX_SAMPLES - len(samples)))
+
+    def _warm_up(self, fn) -> float:
+        """Run fn until warmup_ms has passed (at least twice); return seconds per call."""
+        calls, start = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            self._sync()
+            elapsed = time.perf_counter() - start
+            if calls >= 2 and elapsed * 1e3 >= self.settings.warmup_ms:
+                return elapsed / calls
+
+    def _batch(self, fn, count: int) -> list[float]:
+        if not self.cuda:
+            return [self._host_sample(fn) for _ in range(count)]
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(count)]
+        for start, end in events:
+            self._flush()
+            start.record()
+            fn()
+            end.record()
+        events[-1][1].synchronize()
+        return [start.elapsed_time(end) for start, end in events]
+
+    def _host_sample(self, fn) -> float:
+        self._flush()
+        start = time.perf_counter_ns()
+        fn()
+        return (time.perf_counter_ns() - start) / 1e6
+
+    def _flush(self) -> None:
+        if self.flush_buffer is not None:
+            self.flush_buffer.zero_()
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def _graph(self, fn):
+        """Capture fn into a CUDA graph (on a side stream, as capture requires) and return its replay."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()  # allocations made during capture must already be cached
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        return graph.replay
+
+
+def relative_noise(m: Measurement) -> float:
+    return m.summary.rel_ci if math.isfinite(m.summary.rel_ci) else float("nan")

@@ -1,0 +1,89 @@
+"""Workloads: each knows its math (parameters, FLOP and byte formulas, inputs, reference check).
+
+A workload never runs a kernel; backends do (harness/backends). REGISTRY maps a suite's
+`workload:` name to its Workload. Formulas live in exactly one place: the workload's module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from harness.dtypes import DType
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter a suite may set, with what values are allowed."""
+
+    name: str
+    kind: type  # int, bool or str
+    help: str
+    default: object = None
+    required: bool = False
+    minimum: int | None = None
+    choices: tuple = ()
+
+    def check(self, value) -> str | None:
+        """None if the value is allowed, else what is allowed and what was given."""
+        if self.kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+            return f"must be an integer (got {value!r})"
+        if self.kind is bool and not isinstance(value, bool):
+            return f"must be true or false (got {value!r})"
+        if self.kind is str and not isinstance(value, str):
+            return f"must be a string (got {value!r})"
+        if self.minimum is not None and value < self.minimum:
+            return f"must be at least {self.minimum} (got {value!r})"
+        if self.choices and value not in self.choices:
+            return f"must be one of {', '.join(map(str, self.choices))} (got {value!r})"
+        return None
+
+
+LABEL = Param("label", str, "a free-form name shown beside the case (presets fill it)", default="")
+
+
+class Workload:
+    """The interface every workload implements; see workloads/gemm.py for a full example."""
+
+    name: str
+    params: tuple[Param, ...]
+    dtypes: tuple[str, ...]
+    default_dtype: str
+    presets: dict[str, Callable[[], list[dict]]] = {}
+
+    def validate(self, p: dict) -> tuple[str, str] | None:
+        """Rules across parameters: (key, message) for the first broken one, else None."""
+        return None
+
+    def flops(self, p: dict) -> int:
+        raise NotImplementedError
+
+    def bytes(self, p: dict, dtype: DType) -> int:
+        raise NotImplementedError
+
+    def extra_columns(self, p: dict, dtype: DType) -> dict:
+        """Workload-specific result columns (e.g. flops_executed)."""
+        return {}
+
+    def memory_bytes(self, p: dict, dtype: DType) -> int:
+        """Device memory a case needs at its peak: inputs, outputs and the reference check."""
+        raise NotImplementedError
+
+    def make_inputs(self, p: dict, dtype: DType, device: str, gen: torch.Generator) -> dict:
+        """Fresh random inputs (never zeros) and a poisoned output buffer, `out`."""
+        raise NotImplementedError
+
+    def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType) -> str | None:
+        """Compare a backend's output with a higher-precision reference: None, or what is wrong."""
+        raise NotImplementedError
+
+
+def _load() -> dict[str, Workload]:
+    from harness.workloads.gemm import GEMM
+
+    return {w.name: w for w in (GEMM,)}
+
+
+REGISTRY: dict[str, Workload] = _load()

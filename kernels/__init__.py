@@ -1,0 +1,1 @@
+"""Our Triton kernels, one module per kernel family; each checks itself against torch in tests/."""

@@ -1,0 +1,23 @@
+"""Shared test setup: CPU runs use Triton's interpreter; GPU-only tests are marked and skipped."""
+
+import os
+
+import torch
+
+# Must be set before any @triton.jit function is created, i.e. before kernels/ is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(requires_gpu)
