@@ -29,7 +29,8 @@ class UsageError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console = Console(highlight=False)
+    # Logs and pipes get a wide console: rich's 80-column default folds every table cell.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     try:
         return args.command(args, console)
     except (config.ConfigError, UsageError) as exc:

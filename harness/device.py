@@ -64,16 +64,20 @@ def _detect_cpu() -> DeviceFacts:
 
 def _cpu_cache_bytes() -> int | None:
     """The largest cache level's size, read from sysfs (Linux); None elsewhere."""
-    sizes = []
     base = "/sys/devices/system/cpu/cpu0/cache"
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    sizes = []
     try:
-        for entry in os.listdir(base):
+        entries = [e for e in os.listdir(base) if e.startswith("index")]
+    except OSError:
+        return None
+    for entry in entries:
+        try:
             with open(os.path.join(base, entry, "size")) as f:
                 text = f.read().strip()
-            units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
             sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
-    except (OSError, ValueError):
-        return None
+        except (OSError, ValueError, IndexError):
+            continue
     return max(sizes) if sizes else None
 
 

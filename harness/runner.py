@@ -10,6 +10,7 @@ stops the loop and the tables are still written.
 from __future__ import annotations
 
 import gc
+import math
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,9 +91,14 @@ def run_case(case: Case, ctx: Context) -> dict:
     suspect = metrics.sanity(row, ctx.spec)
     if suspect:
         return {**row, "status": "suspect", "reason": suspect}
-    noisy = None if m.converged else (f"noise {s.rel_ci:.1%} still above rel_ci "
-                                      f"{ctx.timer.settings.rel_ci:.1%} after max_time_s")
-    return {**row, "status": "ok", "reason": noisy}
+    return {**row, "status": "ok", "reason": None if m.converged else _not_converged(m, ctx.timer.settings)}
+
+
+def _not_converged(m, settings) -> str:
+    s = m.summary
+    if not math.isfinite(s.rel_ci):
+        return f"only {s.n} samples within max_time_s: too few for a confidence interval"
+    return f"noisy: median known to ±{s.rel_ci:.1%}, above rel_ci {settings.rel_ci:.1%}, at max_time_s"
 
 
 def _one_line(exc: Exception) -> str:
@@ -126,6 +132,9 @@ def run(suite: Suite, device: str, out: Path, console: Console, resume: bool = F
     run_dir.write_meta(meta)
 
     todo = [c for c in suite.cases if c.case_id not in done]
+    peak = f"{ctx.spec.name} ({ctx.spec.origin})" if ctx.spec else "none, so no MFU/MBU"
+    console.print(f"{suite.name}: {len(suite.cases)} cases on {facts.name} ({device}); peaks: {peak}; "
+                  f"writing {out}")
     if resume:
         console.print(f"resuming {out}: {len(suite.cases) - len(todo)} cases done, {len(todo)} to run")
     interrupted = False

@@ -19,19 +19,18 @@ NUMBERS = [("time_ms", "ms", "{:.4g}"), ("tflops", "TFLOPS", "{:.1f}"), ("gbps",
            ("roofline", "roofline", "{:.1%}")]
 
 
-def table(rows: list[dict], workload: str) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells for one workload's rows."""
+def table(rows: list[dict], workload: str, notes: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells for one workload's rows; columns empty in every row are left out."""
     params = [p.name for p in workloads.REGISTRY[workload].params]
-    shown = [p for p in params if any(r.get(p) not in (None, "") for r in rows)]
-    headers = shown + ["dtype", "backend", "status"] + [h for _, h, _ in NUMBERS] + ["note"]
+    headers = params + ["dtype", "backend", "status"] + [h for _, h, _ in NUMBERS] + (["note"] if notes else [])
     cells = []
     for r in sorted(rows, key=lambda r: r["case_id"].rsplit(":", 1)[0]):
         ok = r["status"] == "ok"
         numbers = [fmt(r.get(k), f) if ok else "" for k, _, f in NUMBERS]
-        note = r.get("reason") or ""
-        cells.append([fmt(r.get(p), "{}") for p in shown] + [r["dtype"], r["backend"], r["status"]]
-                     + numbers + [note])
-    return headers, cells
+        cells.append([fmt(r.get(p), "{}") for p in params] + [r["dtype"], r["backend"], r["status"]]
+                     + numbers + ([r.get("reason") or ""] if notes else []))
+    keep = [i for i in range(len(headers)) if any(row[i] for row in cells)]
+    return [headers[i] for i in keep], [[row[i] for i in keep] for row in cells]
 
 
 def fmt(value, pattern: str) -> str:
@@ -60,11 +59,19 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def print_console(rows: list[dict], console: Console) -> None:
+    """The measured rows as a table; skipped rows are only counted (summary.md lists them)."""
     for wl in dict.fromkeys(r["workload"] for r in rows):
-        headers, cells = table([r for r in rows if r["workload"] == wl], wl)
-        t = Table(title=wl, show_lines=False)
-        for h in headers:
-            t.add_column(h, overflow="fold", justify="right" if h in {x for _, x, _ in NUMBERS} else "left")
-        for row in cells:
-            t.add_row(*row)
-        console.print(t)
+        mine = [r for r in rows if r["workload"] == wl]
+        shown = [r for r in mine if r["status"] != "skipped"]
+        if shown:
+            headers, cells = table(shown, wl)
+            numeric = {h for _, h, _ in NUMBERS}
+            t = Table(title=wl)
+            for h in headers:
+                t.add_column(h, justify="right" if h in numeric else "left", overflow="fold")
+            for row in cells:
+                t.add_row(*row)
+            console.print(t)
+        skipped = len(mine) - len(shown)
+        if skipped:
+            console.print(f"{wl}: {skipped} skipped (reasons in summary.md)")

@@ -11,7 +11,6 @@ which removes launch overhead for launch-bound kernels.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -73,32 +72,31 @@ class Timer:
 
     def measure(self, fn) -> Measurement:
         s = self.settings
-        per_call_s = self._warm_up(fn)
+        self._warm_up(fn)
         run = self._graph(fn) if (s.cuda_graph and self.cuda) else fn
         samples: list[float] = []
         deadline = time.perf_counter() + s.max_time_s
         batch = s.min_samples
         while True:
+            started = time.perf_counter()
             samples += self._batch(run, batch)
+            per_sample_s = (time.perf_counter() - started) / batch  # flush and host overhead included
             summary = stats.summarize(samples)
             converged = len(samples) >= s.min_samples and summary.rel_ci <= s.rel_ci
             left = deadline - time.perf_counter()
             if converged or left <= 0 or len(samples) >= MAX_SAMPLES:
                 return Measurement(samples, summary, converged)
             # Grow geometrically, but never plan a batch past the deadline.
-            fits = max(1, int(left / max(per_call_s, 1e-7)))
+            fits = max(1, int(left / max(per_sample_s, 1e-7)))
             batch = max(1, min(len(samples), fits, MAX_SAMPLES - len(samples)))
 
-    def _warm_up(self, fn) -> float:
-        """Run fn until warmup_ms has passed (at least twice); return seconds per call."""
+    def _warm_up(self, fn) -> None:
+        """Run fn until warmup_ms has passed, and at least twice."""
         calls, start = 0, time.perf_counter()
-        while True:
+        while calls < 2 or (time.perf_counter() - start) * 1e3 < self.settings.warmup_ms:
             fn()
             calls += 1
             self._sync()
-            elapsed = time.perf_counter() - start
-            if calls >= 2 and elapsed * 1e3 >= self.settings.warmup_ms:
-                return elapsed / calls
 
     def _batch(self, fn, count: int) -> list[float]:
         if not self.cuda:
@@ -140,7 +138,3 @@ class Timer:
         graph.replay()
         torch.cuda.synchronize()
         return graph.replay
-
-
-def relative_noise(m: Measurement) -> float:
-    return m.summary.rel_ci if math.isfinite(m.summary.rel_ci) else float("nan")

@@ -1,0 +1,139 @@
+"""The `mfu` command end to end, as a user runs it: exit codes, files, errors without tracebacks."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import specs
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = """
+suite: tiny
+timing: {warmup_ms: 0, min_samples: 3, max_time_s: 0.05, rel_ci: 0.5, l2_flush: false}
+cases:
+  - workload: gemm
+    backends: [torch]
+    dtype: [fp32, bf16]
+    shapes: [{m: 64, n: 32, k: 16}, {m: 8, n: 8, k: 8}]
+"""
+
+
+def mfu(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def test_run_writes_a_complete_run_directory(tiny, tmp_path):
+    out = tmp_path / "run"
+    r = mfu("run", tiny, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert {p.name for p in out.iterdir()} >= {"cases.jsonl", "results.csv", "meta.json", "summary.md"}
+    assert [x["status"] for x in rows(out / "results.csv")] == ["ok"] * 4
+    assert "tiny" in r.stdout and "results:" in r.stdout
+
+
+def test_default_run_on_a_machine_without_gpu_says_so_and_runs_the_cpu_suite(tmp_path):
+    r = mfu("run", "--out", tmp_path / "run", env={"TRITON_INTERPRET": "0"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "No CUDA GPU found: running the small CPU suite (GPU peaks do not apply)."
+    statuses = {x["status"] for x in rows(tmp_path / "run" / "results.csv")}
+    assert statuses == {"ok", "skipped"}
+
+
+def test_config_error_is_one_line_with_exit_code_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cases:\n  - workload: gemm\n    m: 8\n    n: 8\n    k: 8\n  - workload: gemm\n    heads: 3\n")
+    r = mfu("run", bad, "--out", tmp_path / "run")
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"mfu: {bad}: cases[1].heads: unknown key; allowed: workload, backends, dtype, shapes, model, m, n, k, label"
+    assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "missing.yaml"], "missing.yaml: cannot read suite file"),
+    (["run", "--device", "cuda"], "no CUDA GPU is visible"),
+    (["plan", "--gpu", "h1000"], "--gpu: unknown GPU 'h1000'; valid keys:"),
+    (["run", "--resume", "nowhere"], "nowhere: no meta.json there"),
+])
+def test_usage_errors_exit_2_without_traceback(args, message, tmp_path):
+    r = mfu(*args, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_failed_cases_give_exit_code_1_after_all_rows_are_written(tiny, tmp_path, monkeypatch):
+    from harness import backends, cli
+    from harness.backends import Backend
+
+    def explode(inputs, p, dtype):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(backends._REGISTRY["gemm"], "broken",
+                        Backend("gemm", "broken", "test double", lambda p, d, dev: None, explode))
+    tiny.write_text(TINY.replace("backends: [torch]", "backends: [broken, torch]"))
+    out = tmp_path / "run"
+    assert cli.main(["run", str(tiny), "--out", str(out)]) == 1
+    statuses = [x["status"] for x in rows(out / "results.csv")]
+    assert statuses.count("error") == 4 and statuses.count("ok") == 4
+
+
+def test_plan_predicts_without_running(tmp_path):
+    out = tmp_path / "plan"
+    r = mfu("plan", ROOT / "configs" / "gemm-square.yaml", "--gpu", "h100-sxm", "--out", out)
+    assert r.returncode == 0, r.stderr
+    planned = rows(out / "results.csv")
+    assert {x["status"] for x in planned} == {"planned"}
+    big = next(x for x in planned if x["m"] == "8192" and x["dtype"] == "bf16" and x["backend"] == "torch")
+    assert float(big["roofline_ms"]) == pytest.approx(2 * 8192**3 / 989.5e12 * 1e3, rel=1e-6)
+    assert big["bound"] == "compute" and big["time_ms"] == ""
+    assert float(big["memory_gib"]) > 0.3
+    assert "timing budget" in r.stdout
+
+
+def test_gpus_lists_the_table_and_detect_explains(tmp_path):
+    r = mfu("gpus")
+    assert r.returncode == 0
+    for spec in specs.table():
+        assert spec.key in r.stdout
+    r = mfu("gpus", "--detect")
+    assert r.returncode == 0 and "No CUDA GPU" in r.stdout
+
+
+def test_ctrl_c_writes_what_finished_and_exits_non_zero(tmp_path):
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(TINY.replace("max_time_s: 0.05, rel_ci: 0.5", "max_time_s: 2.0, rel_ci: 0.000001")
+                    .replace("dtype: [fp32, bf16]", "dtype: [fp32, bf16, fp16]"))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(slow), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the first case is on disk
+        if (out / "cases.jsonl").exists() and (out / "cases.jsonl").read_text().strip():
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    finished = rows(out / "results.csv")
+    assert 1 <= len(finished) < 6
+    r = mfu("run", "--resume", out)
+    assert r.returncode == 0, r.stderr
+    assert len(rows(out / "results.csv")) == 6

@@ -1,0 +1,182 @@
+"""The runner and the run directory: statuses, failure isolation, memory skips, Ctrl-C and resume."""
+
+import csv
+import io
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from rich.console import Console
+
+from harness import backends, config, memory, runner, specs
+from harness.backends import Backend
+from harness.results import LEAD, MEASURED
+
+SUITE = """
+suite: unit
+timing: {warmup_ms: 0, min_samples: 3, max_time_s: 0.05, rel_ci: 0.5, l2_flush: false}
+cases:
+  - workload: gemm
+    backends: %s
+    dtype: %s
+    shapes: [{m: 32, n: 16, k: 64}, {m: 16, n: 32, k: 32}]
+"""
+
+
+def suite(backend_list="[torch]", dtypes="fp32"):
+    return config.parse(SUITE % (backend_list, dtypes), "unit.yaml")
+
+
+def run(s, out, resume=False):
+    return runner.run(s, "cpu", out, Console(file=io.StringIO()), resume=resume)
+
+
+def read_csv(out):
+    with open(out / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def fake(name, build, unsupported=None):
+    return Backend("gemm", name, "test double", unsupported or (lambda p, d, dev: None), build)
+
+
+@pytest.fixture
+def extra_backends(monkeypatch):
+    """Register test-double backends for the duration of one test."""
+    def add(*items):
+        for b in items:
+            monkeypatch.setitem(backends._REGISTRY["gemm"], b.name, b)
+    return add
+
+
+def zeros(inputs, p, dtype):
+    return lambda: inputs["out"].zero_()
+
+
+def explode(inputs, p, dtype):
+    raise RuntimeError("kernel launch failed\nsecond line of detail")
+
+
+def test_every_status_and_one_failure_never_loses_the_others(tmp_path, extra_backends):
+    extra_backends(fake("wrong", zeros), fake("broken", explode))
+    s = suite("[broken, wrong, torch]", "[fp32, tf32]")
+    assert run(s, tmp_path) == 1  # error and mismatch rows make the exit code 1
+    rows = read_csv(tmp_path)
+    assert len(rows) == len(s.cases) == 12
+    by = {(r["backend"], r["dtype"], r["m"]): r for r in rows}
+    assert by[("torch", "fp32", "32")]["status"] == "ok"
+    assert by[("wrong", "fp32", "32")]["status"] == "mismatch"
+    assert by[("broken", "fp32", "32")]["status"] == "error"
+    assert by[("broken", "fp32", "32")]["reason"] == "RuntimeError: kernel launch failed"
+    assert by[("torch", "tf32", "32")]["status"] == "skipped"
+    assert "TF32" in by[("torch", "tf32", "32")]["reason"]
+    for r in rows:  # formulas are filled on every row, measured or not
+        assert int(r["flops"]) == 2 * int(r["m"]) * int(r["n"]) * int(r["k"])
+        assert int(r["bytes"]) > 0
+        assert (r["time_ms"] != "") == (r["status"] == "ok")
+
+
+def test_results_follow_the_contract(tmp_path):
+    assert run(suite(), tmp_path) == 0
+    with open(tmp_path / "results.csv") as f:
+        header = next(csv.reader(f))
+    assert header[:len(LEAD)] == LEAD
+    assert header[len(LEAD):len(LEAD) + 4] == ["m", "n", "k", "label"]
+    assert header[len(LEAD) + 4:len(LEAD) + 4 + len(MEASURED)] == MEASURED
+    row = read_csv(tmp_path)[0]
+    assert float(row["time_ms_q1"]) <= float(row["time_ms"]) <= float(row["time_ms_q3"])
+    assert int(row["samples"]) >= 3
+    assert float(row["tflops"]) == pytest.approx(int(row["flops"]) / float(row["time_ms"]) / 1e9)
+    assert row["mfu"] == "" and row["mbu"] == ""  # a CPU has no datasheet peak
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["device"]["kind"] == "cpu" and meta["peak"] is None
+    assert meta["software"]["torch"] == torch.__version__
+    assert "shapes:" in meta["suite_text"] and meta["finished"] and not meta["interrupted"]
+    assert "## gemm" in (tmp_path / "summary.md").read_text()
+
+
+def test_each_case_is_on_disk_as_soon_as_it_finishes(tmp_path, extra_backends):
+    seen = []
+
+    def spy(inputs, p, dtype):
+        lines = (tmp_path / "cases.jsonl").read_text().splitlines() if (tmp_path / "cases.jsonl").exists() else []
+        seen.append(len(lines))
+        return lambda: torch.matmul(inputs["a"], inputs["b"], out=inputs["out"])
+
+    extra_backends(fake("spy", spy))
+    run(suite("[spy]"), tmp_path)
+    assert seen == [0, 1]
+
+
+def test_a_case_that_would_not_fit_is_skipped_before_allocating(tmp_path, monkeypatch, extra_backends):
+    built = []
+    extra_backends(fake("spy", lambda i, p, d: built.append(1)))
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 1 << 20)
+    assert run(suite("[spy]"), tmp_path) == 0
+    rows = read_csv(tmp_path)
+    assert {r["status"] for r in rows} == {"skipped"}
+    assert rows[0]["reason"].startswith("needs 0.5 GiB, 0.0 GiB host memory free")
+    assert built == []
+
+
+def test_a_result_above_the_peak_is_suspect(tmp_path, monkeypatch):
+    tiny = replace(specs.lookup("h100-sxm"), peaks_tflops={"fp32": 1e-9})
+    monkeypatch.setattr(specs, "resolve", lambda facts: tiny)
+    assert run(suite(), tmp_path) == 1
+    rows = read_csv(tmp_path)
+    assert {r["status"] for r in rows} == {"suspect"}
+    assert "above the H100 SXM datasheet peak" in rows[0]["reason"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "suspect" in summary and f"{float(rows[0]['tflops']):.1f} |" not in summary
+
+
+def test_global_math_precision_is_restored_after_each_case(tmp_path, extra_backends):
+    def sets_tf32(inputs, p, dtype):
+        torch.set_float32_matmul_precision("high")
+        return lambda: torch.matmul(inputs["a"], inputs["b"], out=inputs["out"])
+
+    extra_backends(fake("tf32-setter", sets_tf32))
+    before = torch.get_float32_matmul_precision()
+    run(suite("[tf32-setter]"), tmp_path)
+    assert torch.get_float32_matmul_precision() == before
+
+
+def test_interrupt_keeps_what_finished_and_resume_runs_the_rest(tmp_path, extra_backends):
+    calls = []
+
+    def interrupts_second(inputs, p, dtype):
+        calls.append(p["m"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return lambda: torch.matmul(inputs["a"], inputs["b"], out=inputs["out"])
+
+    extra_backends(fake("flaky", interrupts_second))
+    s = suite("[flaky]", "[fp32, bf16]")
+    assert run(s, tmp_path) == runner.EXIT_INTERRUPTED
+    assert len(read_csv(tmp_path)) == 1
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["interrupted"] and meta["finished"] is None
+    assert "1 ok" in (tmp_path / "summary.md").read_text()
+
+    assert run(s, tmp_path, resume=True) == 0
+    rows = read_csv(tmp_path)
+    assert [r["case_id"] for r in rows] == [c.case_id for c in s.cases]
+    assert len(calls) == 1 + 1 + 3  # the finished case is not run again
+    assert json.loads((tmp_path / "meta.json").read_text())["started"] == meta["started"]
+
+
+def test_resume_retries_error_rows(tmp_path, extra_backends):
+    state = {"fail": True}
+
+    def sometimes(inputs, p, dtype):
+        if state["fail"]:
+            raise RuntimeError("transient")
+        return lambda: torch.matmul(inputs["a"], inputs["b"], out=inputs["out"])
+
+    extra_backends(fake("sometimes", sometimes))
+    s = suite("[sometimes]")
+    assert run(s, tmp_path) == 1
+    state["fail"] = False
+    assert run(s, tmp_path, resume=True) == 0
+    assert {r["status"] for r in read_csv(tmp_path)} == {"ok"}

@@ -1,0 +1,304 @@
+"""Tests for harness/specs.py: the datasheet table, name matching, lookup and derivation."""
+
+import pytest
+
+from harness import specs
+from harness.device import DeviceFacts
+
+REPORTED = [
+    ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+    ("NVIDIA H100 PCIe", "h100-pcie"),
+    ("NVIDIA H100 NVL", "h100-nvl"),
+    ("NVIDIA H200", "h200-sxm"),
+    ("NVIDIA H200 NVL", "h200-nvl"),
+    ("NVIDIA H800", "h800-sxm"),
+    ("NVIDIA H20", "h20"),
+    ("NVIDIA A100-SXM4-80GB", "a100-sxm-80gb"),
+    ("NVIDIA A100-SXM4-40GB", "a100-sxm-40gb"),
+    ("NVIDIA A100 80GB PCIe", "a100-pcie-80gb"),
+    ("NVIDIA A100-PCIE-40GB", "a100-pcie-40gb"),
+    ("NVIDIA L40S", "l40s"),
+    ("NVIDIA L40", "l40"),
+    ("NVIDIA L4", "l4"),
+    ("NVIDIA A10", "a10"),
+    ("NVIDIA GeForce RTX 4090", "rtx-4090"),
+    ("NVIDIA B200", "b200"),
+    ("NVIDIA GB200", "gb200"),
+    ("AMD Instinct MI300X", "mi300x"),
+    ("AMD Instinct MI300X VF", "mi300x"),
+    ("AMD Instinct MI325X", "mi325x"),
+    ("AMD Instinct MI355X", "mi355x"),
+]
+
+
+def hopper_like(**overrides) -> DeviceFacts:
+    """An NVIDIA GPU the table does not know, with H100 SXM's counts and tensor clock."""
+    facts = dict(
+        kind="cuda",
+        name="NVIDIA Hopper Engineering Sample",
+        vendor="nvidia",
+        compute_capability=(9, 0),
+        sm_count=132,
+        max_sm_clock_mhz=1830,
+        max_mem_clock_mhz=2619,
+        memory_bus_width_bits=5120,
+        total_memory_bytes=80 * 2**30,
+        l2_bytes=50 * 2**20,
+    )
+    facts.update(overrides)
+    return DeviceFacts(**facts)
+
+
+# ------------------------------------------------------------------------------ matching
+
+
+@pytest.mark.parametrize("reported, key", REPORTED)
+def test_reported_names_match_their_entry(reported, key):
+    spec = specs.match(reported)
+    assert spec is not None and spec.key == key
+    assert spec.origin == "datasheet"
+    assert reported in spec.reason and "/" in spec.reason
+
+
+@pytest.mark.parametrize("reported, key", REPORTED)
+def test_matching_ignores_case_separators_and_spacing(reported, key):
+    mangled = "  " + reported.upper().replace(" ", "__").replace("-", " - ") + " "
+    assert specs.match(mangled).key == key
+
+
+@pytest.mark.parametrize(
+    "reported, key",
+    [
+        ("NVIDIA H20", "h20"),
+        ("NVIDIA H200", "h200-sxm"),
+        ("NVIDIA L4", "l4"),
+        ("NVIDIA L40", "l40"),
+        ("NVIDIA L40S", "l40s"),
+        ("NVIDIA A10", "a10"),
+        ("NVIDIA A100 80GB PCIe", "a100-pcie-80gb"),
+        ("NVIDIA H100 NVL", "h100-nvl"),
+        ("NVIDIA H100 PCIe", "h100-pcie"),
+        ("NVIDIA H200 NVL", "h200-nvl"),
+        ("NVIDIA A100-SXM4-40GB", "a100-sxm-40gb"),
+    ],
+)
+def test_near_misses_do_not_cross(reported, key):
+    assert specs.match(reported).key == key
+
+
+@pytest.mark.parametrize(
+    "reported",
+    [
+        "NVIDIA A10G",  # AWS part, different tensor rates: no datasheet entry
+        "NVIDIA H800 PCIe",
+        "NVIDIA H20-3e",
+        "NVIDIA GeForce RTX 4090 D",
+        "NVIDIA GeForce RTX 4090 Laptop GPU",
+        "NVIDIA A100",  # memory size unknown: 40GB and 80GB differ in bandwidth
+        "NVIDIA L4T",
+        "AMD Instinct MI300A",
+        "NVIDIA H2",
+        "",
+    ],
+)
+def test_unknown_or_ambiguous_names_match_nothing(reported):
+    assert specs.match(reported) is None
+
+
+def test_normalize_name():
+    assert specs.normalize_name("NVIDIA A100-SXM4-80GB") == "a100 sxm4 80gb"
+    assert specs.normalize_name("AMD  Instinct_MI300X ") == "instinct mi300x"
+    assert specs.normalize_name("nvidia") == "nvidia"
+
+
+# ------------------------------------------------------------------------------ lookup
+
+
+@pytest.mark.parametrize(
+    "name", ["h100-sxm", "H100-SXM", "H100 SXM", "h100 sxm", "NVIDIA H100 80GB HBM3"]
+)
+def test_lookup_by_key_canonical_or_reported_name(name):
+    assert specs.lookup(name).key == "h100-sxm"
+
+
+def test_lookup_unknown_lists_valid_keys():
+    with pytest.raises(ValueError) as err:
+        specs.lookup("H100")
+    assert "h100-sxm" in str(err.value) and "mi300x" in str(err.value)
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+def test_every_entry_is_sourced_and_positive():
+    table = specs.table()
+    assert len(table) >= 20
+    for spec in table:
+        assert spec.source.startswith("https://"), spec.key
+        assert spec.origin == "datasheet"
+        assert spec.peaks_tflops and all(v > 0 for v in spec.peaks_tflops.values()), spec.key
+        assert set(spec.peaks_tflops) <= set(specs.DTYPE_KEYS), spec.key
+        for value in (spec.memory_gb, spec.sms, spec.boost_mhz, spec.l2_mb):
+            assert value is None or value > 0, spec.key
+
+
+def test_keys_and_names_are_unique():
+    table = specs.table()
+    assert len({s.key for s in table}) == len(table)
+    assert len({s.name.lower() for s in table}) == len(table)
+
+
+def test_bandwidths_are_plausible_tb_per_s():
+    for spec in specs.table():
+        assert 0.1 <= spec.bandwidth_tbs <= 10, spec.key
+        assert spec.bandwidth_bytes == pytest.approx(spec.bandwidth_tbs * 1e12)
+
+
+def test_fp16_equals_bf16_everywhere_both_are_listed():
+    for spec in specs.table():
+        peaks = spec.peaks_tflops
+        if "fp16" in peaks and "bf16" in peaks:
+            assert peaks["fp16"] == peaks["bf16"], spec.key
+
+
+def test_known_mistakes_are_avoided():
+    assert specs.lookup("h100-sxm").bandwidth_tbs == 3.35  # 2.0 is the PCIe part
+    assert specs.lookup("rtx-4090").peaks_tflops["bf16"] == pytest.approx(165.2)  # not 82.6
+    b200, h100 = specs.lookup("b200"), specs.lookup("h100-sxm")
+    assert b200.peaks_tflops["bf16"] > 2 * h100.peaks_tflops["bf16"]  # not H100 numbers
+    assert b200.bandwidth_tbs > 2 * h100.bandwidth_tbs
+    assert specs.lookup("a100-sxm-40gb").bandwidth_tbs == 1.555
+    assert specs.lookup("a100-sxm-80gb").bandwidth_tbs == 2.039
+    assert "fp8" not in specs.lookup("a100-sxm-80gb").peaks_tflops
+
+
+def test_peak_flops_units():
+    spec = specs.lookup("a100-sxm-80gb")
+    assert spec.peak_flops("bf16") == pytest.approx(312e12)
+    assert spec.peak_flops("fp8") is None
+    assert spec.to_dict()["peaks_tflops"]["bf16"] == 312
+
+
+GOOD_ENTRY = dict(
+    name="Test GPU",
+    key="test-gpu",
+    match=["^test gpu$"],
+    arch="hopper / sm90",
+    peaks_tflops={"bf16": 100},
+    bandwidth_tbs=1.0,
+    memory_gb=10,
+    source="https://example.com/datasheet",
+)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("source", None, "source: missing"),
+        ("source", "a datasheet", "source: must be the URL"),
+        ("bandwidth_tbs", 3350, "not a plausible TB/s"),
+        ("bandwidth_tbs", -1, "bandwidth_tbs: must be a positive"),
+        ("peaks_tflops", {"bf16": 0}, "peaks_tflops.bf16: must be a positive"),
+        ("peaks_tflops", {"fp64": 10}, "peaks_tflops.fp64: unknown dtype"),
+        ("match", ["(unclosed"], "match: bad regular expression"),
+        ("match", [], "match: must be a non-empty list"),
+        ("sms", 13.5, "sms: must be a positive integer"),
+        ("key", "Test GPU", "key: must be lowercase"),
+        ("colour", "green", "colour: unknown field"),
+    ],
+)
+def test_broken_entries_name_entry_and_field(field, value, message):
+    entry = dict(GOOD_ENTRY, **{field: value})
+    with pytest.raises(ValueError, match=r"^gpus\.yaml entry 0 \((test-gpu|Test GPU)\): ") as err:
+        specs._parse([entry])
+    assert message in str(err.value)
+
+
+def test_duplicate_keys_are_rejected():
+    with pytest.raises(ValueError, match="repeats entry 0"):
+        specs._parse([GOOD_ENTRY, dict(GOOD_ENTRY, name="Other")])
+
+
+# ------------------------------------------------------------------------------ derivation
+
+
+def test_derive_hopper_like_reproduces_datasheet():
+    spec = specs.derive(hopper_like())
+    assert spec.origin == "derived"
+    assert spec.peaks_tflops["bf16"] == pytest.approx(989, rel=0.002)
+    assert spec.peaks_tflops["fp8"] == pytest.approx(1979, rel=0.002)
+    assert spec.bandwidth_tbs == pytest.approx(3.35, rel=0.002)
+    assert spec.memory_gb == 80 and spec.l2_mb == 50 and spec.sms == 132
+    assert "132 SMs x 1830 MHz" in spec.reason and "5120-bit bus" in spec.reason
+
+
+@pytest.mark.parametrize(
+    "key, cc, clock_mhz, dtypes",
+    [
+        ("a100-sxm-80gb", (8, 0), 1410, ["fp32", "tf32", "bf16", "int8"]),
+        ("a10", (8, 6), 1695, ["fp32", "tf32", "bf16", "int8"]),
+        ("l4", (8, 9), 2040, ["fp32", "tf32", "bf16", "fp8", "int8"]),
+        ("l40s", (8, 9), 2520, ["fp32", "tf32", "bf16", "fp8"]),
+        ("h100-sxm", (9, 0), 1830, ["tf32", "bf16", "fp8", "int8"]),  # tensor clock
+        ("h100-sxm", (9, 0), 1980, ["fp32"]),  # max boost: fp32 uses it
+        ("b200", (10, 0), 1860, ["tf32", "bf16", "fp8", "int8", "fp4"]),
+        ("b200", (10, 0), 1980, ["fp32"]),
+    ],
+)
+def test_per_sm_rates_reproduce_known_datasheets(key, cc, clock_mhz, dtypes):
+    sheet = specs.lookup(key)
+    facts = hopper_like(compute_capability=cc, sm_count=sheet.sms, max_sm_clock_mhz=clock_mhz)
+    derived = specs.derive(facts).peaks_tflops
+    for dtype in dtypes:
+        assert derived[dtype] == pytest.approx(sheet.peaks_tflops[dtype], rel=0.025), dtype
+
+
+def test_derive_with_missing_facts_leaves_values_empty():
+    spec = specs.derive(hopper_like(max_sm_clock_mhz=None, memory_bus_width_bits=None,
+                                    total_memory_bytes=None, l2_bytes=None))
+    assert spec.peaks_tflops == {} and spec.peak_flops("bf16") is None
+    assert spec.bandwidth_tbs is None and spec.bandwidth_bytes is None
+    assert spec.memory_gb is None and spec.l2_mb is None
+    assert "no peaks" in spec.reason and "no bandwidth" in spec.reason
+
+
+def test_derive_unknown_architecture_gives_no_peaks_but_bandwidth():
+    spec = specs.derive(hopper_like(compute_capability=(7, 5)))
+    assert spec.peaks_tflops == {}
+    assert "7.5" in spec.reason
+    assert spec.bandwidth_tbs == pytest.approx(3.35, rel=0.002)
+
+
+def test_derive_only_for_nvidia_gpus():
+    assert specs.derive(hopper_like(vendor="amd")) is None
+    assert specs.derive(DeviceFacts(kind="cpu", name="Some CPU")) is None
+
+
+# ------------------------------------------------------------------------------ resolve, explain
+
+
+def test_resolve_prefers_datasheet_then_derives():
+    matched = specs.resolve(hopper_like(name="NVIDIA H100 80GB HBM3", max_sm_clock_mhz=1980))
+    assert matched.key == "h100-sxm" and matched.origin == "datasheet"
+    assert matched.peaks_tflops["bf16"] == 989.5  # the datasheet, not 132 x 1980 x 4096
+    assert specs.resolve(hopper_like()).origin == "derived"
+
+
+def test_cpu_resolves_to_none():
+    cpu = DeviceFacts(kind="cpu", name="AMD EPYC 9654 96-Core Processor")
+    assert specs.resolve(cpu) is None
+    assert any("CPU" in line for line in specs.explain(cpu))
+
+
+def test_explain_matched_device():
+    text = "\n".join(specs.explain(hopper_like(name="NVIDIA H100 80GB HBM3")))
+    for expected in ("NVIDIA H100 80GB HBM3", "h100 80gb hbm3", "H100 SXM", "^h100 80gb hbm3$",
+                     "bf16 989.5", "3.35 TB/s", "nvidia.com"):
+        assert expected in text
+
+
+def test_explain_derived_and_underivable_devices():
+    text = "\n".join(specs.explain(hopper_like()))
+    assert "table entry:     none" in text and "132 SMs x 1830 MHz" in text and "bf16 989.4" in text
+    amd = "\n".join(specs.explain(hopper_like(name="AMD Instinct MI999", vendor="amd")))
+    assert "MFU and MBU stay empty" in amd
