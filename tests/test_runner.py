@@ -180,3 +180,14 @@ def test_resume_retries_error_rows(tmp_path, extra_backends):
     state["fail"] = False
     assert run(s, tmp_path, resume=True) == 0
     assert {r["status"] for r in read_csv(tmp_path)} == {"ok"}
+
+
+def test_our_triton_kernel_runs_through_the_harness(tmp_path):
+    # conftest.py turned on TRITON_INTERPRET before kernels/ was imported: tiny shapes, CPU.
+    s = suite("[triton, torch]", "[fp16, fp32, int8, fp8, bf16]")
+    assert run(s, tmp_path) == 0
+    by = {(r["backend"], r["dtype"], r["m"]): r for r in read_csv(tmp_path)}
+    for dtype in ("fp16", "fp32", "int8", "fp8"):
+        assert by[("triton", dtype, "32")]["status"] == "ok", by[("triton", dtype, "32")]["reason"]
+    assert by[("triton", "bf16", "32")]["status"] == "skipped"
+    assert "interpreter" in by[("triton", "bf16", "32")]["reason"]

@@ -53,9 +53,8 @@ def _triton_unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
 def _triton_build(inputs: dict, p: dict, dtype: DType):
     from kernels import gemm
 
-    a, b, out = inputs["a"], inputs["b"], inputs["out"]
     precision = "tf32" if dtype.name == "tf32" else "ieee"
-    return lambda: gemm.matmul(a, b, out, precision=precision)
+    return gemm.prepare(inputs["a"], inputs["b"], inputs["out"], precision=precision)
 
 
 register(Backend("gemm", "torch", "torch.matmul / _scaled_mm / _int_mm (cuBLAS on NVIDIA GPUs)",
