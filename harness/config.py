@@ -221,6 +221,7 @@ def _validate_params(wl, given: dict, source: str, place_of) -> tuple:
             raise ConfigError(source, f"{place_of(p.name)}.{p.name}", f"required: {p.help}")
         else:
             values[p.name] = p.default
+    values = wl.complete(values)
     problem = wl.validate(values)
     if problem:
         key, message = problem

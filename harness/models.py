@@ -21,6 +21,11 @@ class ModelSpec:
     source: str
     experts: int = 0  # routed experts; 0 for a dense model
     top_k: int = 0
+    shared_experts: int = 0  # always-active experts of the routed width (DeepSeek, Llama 4)
+    # False where the real attention is not GQA (DeepSeek-V3's MLA): the head counts here then
+    # describe a GQA stand-in, and shape-exact consumers (the GEMM presets) leave the model out.
+    attention_exact: bool = True
+    note: str = ""
 
     @property
     def is_moe(self) -> bool:
@@ -53,6 +58,16 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("qwen3-8b", 4096, 32, 8, 128, 12288, _HF.format("Qwen/Qwen3-8B")),
         ModelSpec("qwen3-30b-a3b", 2048, 32, 4, 128, 768, _HF.format("Qwen/Qwen3-30B-A3B"), 128, 8),
         ModelSpec("mixtral-8x7b", 4096, 32, 8, 128, 14336, _HF.format("mistralai/Mixtral-8x7B-v0.1"), 8, 2),
+        ModelSpec("deepseek-v3", 7168, 128, 128, 128, 2048, _HF.format("deepseek-ai/DeepSeek-V3"), 256, 8,
+                  shared_experts=1, attention_exact=False,
+                  note="MLA attention (q_lora 1536, kv_lora 512) stands in as 128-head GQA with head_dim 128"),
+        ModelSpec("llama4-scout", 5120, 40, 8, 128, 8192,
+                  _HF.format("meta-llama/Llama-4-Scout-17B-16E"), 16, 1, shared_experts=1),
+        ModelSpec("llama4-maverick", 5120, 40, 8, 128, 8192,
+                  _HF.format("meta-llama/Llama-4-Maverick-17B-128E"), 128, 1, shared_experts=1,
+                  note="MoE in every other layer; the dense layers' MLP is 16384 wide"),
+        ModelSpec("gpt-oss-120b", 2880, 64, 8, 64, 2880, _HF.format("openai/gpt-oss-120b"), 128, 4),
+        ModelSpec("gpt-oss-20b", 2880, 64, 8, 64, 2880, _HF.format("openai/gpt-oss-20b"), 32, 4),
     )
 }
 

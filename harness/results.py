@@ -1,4 +1,5 @@
-"""A run directory on disk: cases.jsonl (appended per case), results.csv, meta.json, summary.md.
+"""A run directory on disk: cases.jsonl (appended per case), results.csv, meta.json, summary.md,
+and samples.jsonl (each measured case's raw sample times, for significance tests).
 
 cases.jsonl is the source of truth: one JSON object per finished case, flushed as it finishes,
 so a crash or Ctrl-C loses at most the case in flight. results.csv and summary.md are rebuilt
@@ -31,6 +32,26 @@ class RunDir:
         with self.cases_file.open("a") as f:
             f.write(json.dumps(_clean(row)) + "\n")
             f.flush()
+
+    def append_samples(self, case_id: str, samples_ms: list[float]) -> None:
+        """Keep a case's raw sample times (6 significant digits) for later significance tests."""
+        line = {"case_id": case_id, "samples_ms": [float(f"{x:.6g}") for x in samples_ms]}
+        with (self.path / "samples.jsonl").open("a") as f:
+            f.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+    def samples(self) -> dict[str, list[float]]:
+        """Raw sample times per case_id (the last recorded, where a case ran twice)."""
+        path = self.path / "samples.jsonl"
+        if not path.exists():
+            return {}
+        found = {}
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            found[row["case_id"]] = row["samples_ms"]
+        return found
 
     def rows(self) -> list[dict]:
         """Finished rows, the last per case_id, in first-seen order."""

@@ -54,7 +54,8 @@ def base_row(case: Case, ctx: Context) -> dict:
     }
 
 
-def run_case(case: Case, ctx: Context) -> dict:
+def run_case(case: Case, ctx: Context) -> tuple[dict, list[float]]:
+    """The case's result row, and its raw sample times (empty when it was not timed)."""
     row = base_row(case, ctx)
     wl = workloads.REGISTRY[case.workload]
     backend = backends.get(case.workload, case.backend)
@@ -64,7 +65,7 @@ def run_case(case: Case, ctx: Context) -> dict:
     if reason is None:
         reason = memory.shortfall(wl.memory_bytes(p, dtype), ctx.device)
     if reason:
-        return {**row, "status": "skipped", "reason": reason}
+        return {**row, "status": "skipped", "reason": reason}, []
 
     inputs = fn = None
     try:
@@ -72,15 +73,17 @@ def run_case(case: Case, ctx: Context) -> dict:
             gen = torch.Generator(device=ctx.device).manual_seed(zlib.crc32(case.problem_id.encode()))
             inputs = wl.make_inputs(p, dtype, ctx.device, gen)
             fn = backend.build(inputs, p, dtype)
+            if backend.columns:
+                row.update(backend.columns(inputs, p, dtype))
             out = fn()
             _sync(ctx.device)
             problem = wl.check(inputs, out, p, dtype)
             if problem:
-                return {**row, "status": "mismatch", "reason": problem}
+                return {**row, "status": "mismatch", "reason": problem}, []
             del out
             m = ctx.timer.measure(fn)
     except Exception as exc:  # any failure of one case is that case's row, never the run's end
-        return {**row, "status": "error", "reason": _one_line(exc)}
+        return {**row, "status": "error", "reason": _one_line(exc)}, []
     finally:
         del inputs, fn
         _clean_up(ctx.device)
@@ -90,8 +93,9 @@ def run_case(case: Case, ctx: Context) -> dict:
                **metrics.achieved(row["flops"], row["bytes"], s.median, ctx.spec, dtype.peak_key))
     suspect = metrics.sanity(row, ctx.spec)
     if suspect:
-        return {**row, "status": "suspect", "reason": suspect}
-    return {**row, "status": "ok", "reason": None if m.converged else _not_converged(m, ctx.timer.settings)}
+        return {**row, "status": "suspect", "reason": suspect}, m.samples_ms
+    reason = None if m.converged else _not_converged(m, ctx.timer.settings)
+    return {**row, "status": "ok", "reason": reason}, m.samples_ms
 
 
 def _not_converged(m, settings) -> str:
@@ -143,7 +147,9 @@ def run(suite: Suite, device: str, out: Path, console: Console, resume: bool = F
             task = progress.add_task("", total=len(todo))
             for case in todo:
                 progress.update(task, description=_short(case))
-                row = run_case(case, ctx)
+                row, samples = run_case(case, ctx)
+                if samples:
+                    run_dir.append_samples(row["case_id"], samples)
                 run_dir.append(row)
                 progress.console.print(_line(row))
                 progress.advance(task)

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from harness import backends, config, memory, runner, specs
 from harness.backends import Backend
-from harness.results import LEAD, MEASURED
+from harness.results import LEAD, MEASURED, RunDir
 
 SUITE = """
 suite: unit
@@ -94,6 +94,9 @@ def test_results_follow_the_contract(tmp_path):
     assert meta["software"]["torch"] == torch.__version__
     assert "shapes:" in meta["suite_text"] and meta["finished"] and not meta["interrupted"]
     assert "## gemm" in (tmp_path / "summary.md").read_text()
+    samples = RunDir(tmp_path).samples()
+    assert set(samples) == {r["case_id"] for r in read_csv(tmp_path)}
+    assert all(len(v) == int(r["samples"]) for r in read_csv(tmp_path) for v in [samples[r["case_id"]]])
 
 
 def test_each_case_is_on_disk_as_soon_as_it_finishes(tmp_path, extra_backends):

@@ -23,6 +23,8 @@ class Backend:
     description: str
     unsupported: Callable[[dict, DType, DeviceFacts], str | None]  # (params, dtype, device) -> reason
     build: Callable[[dict, dict, DType], Callable[[], torch.Tensor]]  # (inputs, params, dtype) -> fn
+    # Columns this backend adds to its rows, from the built inputs (e.g. flops_executed when it pads).
+    columns: Callable[[dict, dict, DType], dict] | None = None
 
 
 _REGISTRY: dict[str, dict[str, Backend]] = {}
@@ -40,4 +42,13 @@ def get(workload: str, name: str) -> Backend:
     return _REGISTRY[workload][name]
 
 
-from harness.backends import gemm  # noqa: E402,F401  (registers the GEMM backends)
+def _load() -> None:
+    """Import every module in this package; each registers its backends: adding one is adding a file."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_load()

@@ -53,6 +53,10 @@ class Workload:
     default_dtype: str
     presets: dict[str, Callable[[], list[dict]]] = {}
 
+    def complete(self, p: dict) -> dict:
+        """Fill defaults that depend on other parameters (e.g. decode's seq_q = 1); runs before validate."""
+        return p
+
     def validate(self, p: dict) -> tuple[str, str] | None:
         """Rules across parameters: (key, message) for the first broken one, else None."""
         return None
@@ -81,9 +85,18 @@ class Workload:
 
 
 def _load() -> dict[str, Workload]:
-    from harness.workloads.gemm import GEMM
+    """Every module in this package that defines WORKLOAD registers it: adding a workload is
+    adding a file."""
+    import importlib
+    import pkgutil
 
-    return {w.name: w for w in (GEMM,)}
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "WORKLOAD"):
+            found[module.WORKLOAD.name] = module.WORKLOAD
+    order = ["gemm", "moe", "attention"]  # the order `mfu` lists them in; others follow
+    return dict(sorted(found.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
 REGISTRY: dict[str, Workload] = _load()
