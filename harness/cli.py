@@ -8,6 +8,7 @@ Usage and suite errors print one line (`FILE: cases[2].heads: ...`) and exit 2, 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from importlib import resources
@@ -21,6 +22,9 @@ from harness.results import RunDir
 from harness.summary import fmt
 
 EXIT_USAGE = 2
+# Modules that each add one subcommand: a module-level `add_command(subparsers)` registers a parser
+# whose `command` default is a function (args, console) -> exit code.
+COMMAND_MODULES: list[str] = []
 
 
 class UsageError(Exception):
@@ -58,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     gpus = sub.add_parser("gpus", help="list the peak table")
     gpus.add_argument("--detect", action="store_true", help="show what this machine's GPU matched and why")
     gpus.set_defaults(command=_gpus)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_command(sub)
     return parser
 
 

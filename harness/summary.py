@@ -21,16 +21,31 @@ NUMBERS = [("time_ms", "ms", "{:.4g}"), ("tflops", "TFLOPS", "{:.1f}"), ("gbps",
 
 def table(rows: list[dict], workload: str, notes: bool = True) -> tuple[list[str], list[list[str]]]:
     """Headers and cells for one workload's rows; columns empty in every row are left out."""
-    params = [p.name for p in workloads.REGISTRY[workload].params]
-    headers = params + ["dtype", "backend", "status"] + [h for _, h, _ in NUMBERS] + (["note"] if notes else [])
+    wl = workloads.REGISTRY[workload]
+    params = [p.name for p in wl.params]
+    extras = list(wl.summary_columns)
+    versus = _versus_baseline(rows, wl.baseline)
+    headers = (params + ["dtype", "backend", "status"] + [h for _, h, _ in NUMBERS] + extras
+               + ([f"× {wl.baseline}"] if wl.baseline else []) + (["note"] if notes else []))
     cells = []
     for r in sorted(rows, key=lambda r: r["case_id"].rsplit(":", 1)[0]):
         ok = r["status"] == "ok"
         numbers = [fmt(r.get(k), f) if ok else "" for k, _, f in NUMBERS]
         cells.append([fmt(r.get(p), "{}") for p in params] + [r["dtype"], r["backend"], r["status"]]
-                     + numbers + ([r.get("reason") or ""] if notes else []))
+                     + numbers + [fmt(r.get(k), "{:.4g}" if isinstance(r.get(k), float) else "{}") for k in extras]
+                     + ([fmt(versus.get(r["case_id"]), "{:.2f}")] if wl.baseline else [])
+                     + ([r.get("reason") or ""] if notes else []))
     keep = [i for i in range(len(headers)) if any(row[i] for row in cells)]
     return [headers[i] for i in keep], [[row[i] for i in keep] for row in cells]
+
+
+def _versus_baseline(rows: list[dict], baseline: str | None) -> dict[str, float]:
+    """Each ok row's throughput over the baseline backend's on the same problem."""
+    problem = lambda r: r["case_id"].rsplit(":", 1)[0]  # noqa: E731
+    base = {problem(r): r["tflops"] for r in rows
+            if r["backend"] == baseline and r["status"] == "ok" and r.get("tflops")}
+    return {r["case_id"]: r["tflops"] / base[problem(r)] for r in rows
+            if r["status"] == "ok" and problem(r) in base and r.get("tflops")}
 
 
 def fmt(value, pattern: str) -> str:

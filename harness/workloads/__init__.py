@@ -52,6 +52,8 @@ class Workload:
     dtypes: tuple[str, ...]
     default_dtype: str
     presets: dict[str, Callable[[], list[dict]]] = {}
+    summary_columns: tuple[str, ...] = ()  # extra result columns the summary table shows
+    baseline: str | None = None  # the backend others are compared with ("× baseline" in the summary)
 
     def complete(self, p: dict) -> dict:
         """Fill defaults that depend on other parameters (e.g. decode's seq_q = 1); runs before validate."""

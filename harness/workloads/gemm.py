@@ -48,6 +48,7 @@ class Gemm(Workload):
     )
     dtypes = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
     default_dtype = "bf16"
+    baseline = "torch"  # cuBLAS: the vendor kernel ours is measured against
     presets = {name: _preset_rows(name) for name, spec in models.MODELS.items() if spec.attention_exact}
 
     def flops(self, p: dict) -> int:
