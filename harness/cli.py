@@ -24,7 +24,7 @@ from harness.summary import fmt
 EXIT_USAGE = 2
 # Modules that each add one subcommand: a module-level `add_command(subparsers)` registers a parser
 # whose `command` default is a function (args, console) -> exit code.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["harness.ceilings"]
 
 
 class UsageError(Exception):
@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     run.add_argument("--out", type=Path, help="run directory (default: runs/<time>-<suite>)")
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue a run directory, skipping finished cases")
+    run.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
+                     help="interleave N passes over the suite, to tell drift from noise")
     run.set_defaults(command=_run)
 
     plan = sub.add_parser("plan", help="expand a suite and predict its cost, allocating nothing")
@@ -93,7 +95,13 @@ def _run(args, console: Console) -> int:
             console.print("No CUDA GPU found: running the small CPU suite (GPU peaks do not apply).")
         suite = default_suite(kind)
     out = args.resume or args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{suite.name}"
-    return runner.run(suite, kind, out, console, resume=bool(args.resume))
+    return runner.run(suite, kind, out, console, resume=bool(args.resume), repeat=args.repeat)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 (got {text!r})")
+    return int(text)
 
 
 def _cuda_available() -> bool:

@@ -11,12 +11,12 @@ from harness import workloads
 from harness.config import Suite
 from harness.device import DeviceFacts
 from harness.dtypes import DTYPES
-from harness.runner import Context, base_row
+from harness.case import Context, base_row
 from harness.specs import PeakSpec
 
 
 def plan(suite: Suite, spec: PeakSpec | None) -> list[dict]:
-    ctx = Context("plan", DeviceFacts(kind="plan", name=spec.name if spec else ""), spec, None)
+    ctx = Context("plan", DeviceFacts(kind="plan", name=spec.name if spec else ""), spec)
     rows = []
     for case in suite.cases:
         need = workloads.REGISTRY[case.workload].memory_bytes(case.p, DTYPES[case.dtype])

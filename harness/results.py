@@ -18,7 +18,8 @@ from pathlib import Path
 LEAD = ["case_id", "workload", "backend", "dtype"]
 MEASURED = ["status", "reason", "flops", "bytes", "time_ms", "time_ms_q1", "time_ms_q3", "samples",
             "tflops", "gbps", "mfu", "mbu", "intensity", "bound", "roofline", "device"]
-EXTRA = ["roofline_ms", "noise", "peak_source"]
+EXTRA = ["roofline_ms", "noise", "peak_source", "mfu_ceiling", "mbu_ceiling", "exp_util", "limit",
+         "sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c", "energy_j", "throttle"]
 FAILED = ("error", "mismatch", "suspect")  # statuses that make `mfu run` exit 1
 
 
@@ -33,38 +34,40 @@ class RunDir:
             f.write(json.dumps(_clean(row)) + "\n")
             f.flush()
 
-    def append_samples(self, case_id: str, samples_ms: list[float]) -> None:
+    def append_samples(self, case_id: str, samples_ms: list[float], pass_index: int | None = None) -> None:
         """Keep a case's raw sample times (6 significant digits) for later significance tests."""
         line = {"case_id": case_id, "samples_ms": [float(f"{x:.6g}") for x in samples_ms]}
+        if pass_index is not None:
+            line["pass"] = pass_index
         with (self.path / "samples.jsonl").open("a") as f:
             f.write(json.dumps(line, separators=(",", ":")) + "\n")
 
     def samples(self) -> dict[str, list[float]]:
-        """Raw sample times per case_id (the last recorded, where a case ran twice)."""
+        """Raw sample times per case_id: all passes pooled (the last record of each pass)."""
         path = self.path / "samples.jsonl"
         if not path.exists():
             return {}
-        found = {}
+        by_pass: dict[str, dict] = {}
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            found[row["case_id"]] = row["samples_ms"]
-        return found
+            by_pass.setdefault(row["case_id"], {})[row.get("pass", 0)] = row["samples_ms"]
+        return {case_id: [x for p in sorted(passes) for x in passes[p]] for case_id, passes in by_pass.items()}
 
     def rows(self) -> list[dict]:
-        """Finished rows, the last per case_id, in first-seen order."""
+        """Finished rows, the last per (case_id, pass), in first-seen order."""
         if not self.cases_file.exists():
             return []
-        latest: dict[str, dict] = {}
+        latest: dict[tuple, dict] = {}
         for line in self.cases_file.read_text().splitlines():
             if line.strip():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut short by a kill: that case simply runs again
-                latest[row["case_id"]] = row
+                latest[(row["case_id"], row.get("pass", 0))] = row
         return list(latest.values())
 
     def write_meta(self, meta: dict) -> None:

@@ -15,8 +15,11 @@ from rich.table import Table
 from harness import workloads
 
 NUMBERS = [("time_ms", "ms", "{:.4g}"), ("tflops", "TFLOPS", "{:.1f}"), ("gbps", "GB/s", "{:.0f}"),
-           ("mfu", "MFU", "{:.1%}"), ("mbu", "MBU", "{:.1%}"), ("bound", "bound", "{}"),
-           ("roofline", "roofline", "{:.1%}")]
+           ("mfu", "MFU", "{:.1%}"), ("mbu", "MBU", "{:.1%}"), ("mfu_ceiling", "MFU/ceil", "{:.1%}"),
+           ("mbu_ceiling", "MBU/ceil", "{:.1%}"), ("exp_util", "exp util", "{:.1%}"), ("limit", "limit", "{}"),
+           ("bound", "bound", "{}"), ("roofline", "roofline", "{:.1%}"), ("noise", "±", "{:.1%}"),
+           ("drift", "drift", "{:.1%}"), ("sm_clock_mhz", "SM MHz", "{:.0f}"), ("power_w", "W", "{:.0f}"),
+           ("throttle", "throttle", "{}")]
 
 
 def table(rows: list[dict], workload: str, notes: bool = True) -> tuple[list[str], list[list[str]]]:
@@ -62,15 +65,48 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"- cases: {len(rows)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})",
         f"- peaks: {peak.get('name', 'none (MFU and MBU left empty)')}"
         + (f" ({peak.get('origin')}; {peak.get('reason')})" if peak else ""),
+        f"- measured ceilings: {_ceilings_line(meta.get('ceilings'))}",
         f"- started {meta.get('started', '?')}, finished {meta.get('finished') or 'not (interrupted)'}",
         "",
     ]
+    lines += callouts(rows)
     for wl in dict.fromkeys(r["workload"] for r in rows):
         headers, cells = table([r for r in rows if r["workload"] == wl], wl)
         lines += [f"## {wl}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
         lines.append("")
     return "\n".join(lines)
+
+
+def _ceilings_line(ceilings: dict | None) -> str:
+    if not ceilings:
+        return "none (run `mfu ceilings` on this device for mfu_ceiling and mbu_ceiling)"
+    matmul = ", ".join(f"{d} {v:.1f} TFLOPS" for d, v in ceilings["matmul_tflops"].items())
+    bandwidth = ceilings.get("bandwidth_gbps")
+    return f"{matmul}; {bandwidth:.0f} GB/s; measured {ceilings['measured']}" if bandwidth else matmul
+
+
+CALLOUTS = [
+    ("Measured while the GPU throttled (a low MFU here is the card's, not the kernel's)",
+     lambda r: r["status"] == "ok" and r.get("throttle"), lambda r: r["throttle"]),
+    ("Suspect: above a physical limit, so no number is reported",
+     lambda r: r["status"] == "suspect", lambda r: r["reason"]),
+    ("Noisy: the median's confidence interval stayed wider than rel_ci",
+     lambda r: r["status"] == "ok" and r.get("reason"), lambda r: r["reason"]),
+    ("Drift between passes larger than the noise within them",
+     lambda r: r.get("drift") is not None and r.get("noise") is not None and r["drift"] > 2 * r["noise"],
+     lambda r: f"drift {r['drift']:.1%}, noise ±{r['noise']:.1%}"),
+]
+
+
+def callouts(rows: list[dict]) -> list[str]:
+    """Markdown sections naming the cases a reader must not take at face value."""
+    lines = []
+    for title, picks, says in CALLOUTS:
+        chosen = [r for r in rows if picks(r)]
+        if chosen:
+            lines += [f"**{title}:**", ""] + [f"- `{r['case_id']}`: {says(r)}" for r in chosen] + [""]
+    return lines
 
 
 def print_console(rows: list[dict], console: Console) -> None:

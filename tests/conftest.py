@@ -1,8 +1,12 @@
 """Shared test setup: CPU runs use Triton's interpreter; GPU-only tests are marked and skipped."""
 
 import os
+import tempfile
 
 import torch
+
+# Measured ceilings live under $MFU_HOME: tests (and the `mfu` processes they start) get their own.
+os.environ["MFU_HOME"] = tempfile.mkdtemp(prefix="mfu-home-")
 
 # Must be set before any @triton.jit function is created, i.e. before kernels/ is imported.
 if not torch.cuda.is_available():

@@ -79,3 +79,26 @@ def test_memory_estimate_covers_inputs_outputs_and_reference():
     assert need >= GEMM.bytes(p, DTYPES["fp32"]) + 8192 * 8192 * 8  # fp64 copy of B for the check
     assert need < 4 * GEMM.bytes(p, DTYPES["fp32"])
     assert math.isfinite(GEMM.memory_bytes({"m": 1, "n": 1, "k": 1}, DTYPES["int8"]))
+
+
+def test_ceiling_ratios_exp_utilization_and_the_limit():
+    ceilings = {"matmul_tflops": {"bf16": 800.0}, "bandwidth_gbps": 3000.0, "exp_per_s": 4e12}
+    # 1 ms: 400 TFLOPS, 300 GB/s, 3.6e12 exp/s
+    row = metrics.achieved(4 * 10**11, 3 * 10**8, 1.0, H100, "bf16", ceilings, exps=36 * 10**8)
+    assert row["mfu_ceiling"] == pytest.approx(0.5)
+    assert row["mbu_ceiling"] == pytest.approx(0.1)
+    assert row["exp_util"] == pytest.approx(0.9)
+    assert row["limit"] == "exp"  # the softmax's exps, not the tensor cores, are what is close to full
+    assert metrics.sanity(row, H100) is None
+    row = metrics.achieved(4 * 10**11, 3 * 10**8, 1.0, H100, "bf16", ceilings)
+    assert row["exp_util"] is None and row["limit"] == "tensor"
+    assert metrics.achieved(1, 1, 1.0, None, "bf16", None)["limit"] is None
+
+
+def test_more_than_5_percent_above_a_measured_ceiling_is_suspect():
+    ceilings = {"matmul_tflops": {"bf16": 380.0}, "bandwidth_gbps": 3000.0}
+    within = metrics.achieved(4 * 10**11, 10**6, 1.0, H100, "bf16", ceilings)  # 1.053 x 380
+    assert within["mfu_ceiling"] == pytest.approx(400 / 380)
+    assert "measured matmul ceiling" in metrics.sanity(within, H100)
+    ceilings["matmul_tflops"]["bf16"] = 390.0  # 1.026 x: measurement noise, not a broken count
+    assert metrics.sanity(metrics.achieved(4 * 10**11, 10**6, 1.0, H100, "bf16", ceilings), H100) is None

@@ -194,3 +194,44 @@ def test_our_triton_kernel_runs_through_the_harness(tmp_path):
         assert by[("triton", dtype, "32")]["status"] == "ok", by[("triton", dtype, "32")]["reason"]
     assert by[("triton", "bf16", "32")]["status"] == "skipped"
     assert "interpreter" in by[("triton", "bf16", "32")]["reason"]
+
+
+def test_repeat_interleaves_passes_and_pools_them(tmp_path, extra_backends):
+    order = []
+
+    def spy(inputs, p, dtype):
+        order.append((p["m"], str(dtype.name)))
+        return lambda: torch.matmul(inputs["a"], inputs["b"], out=inputs["out"])
+
+    extra_backends(fake("spy", spy))
+    s = suite("[spy]")
+    assert runner.run(s, "cpu", tmp_path, Console(file=io.StringIO()), repeat=3) == 0
+    assert order == [(32, "fp32"), (16, "fp32")] * 3  # pass by pass, not case by case
+    rows = read_csv(tmp_path)
+    assert len(rows) == 2 and {r["passes"] for r in rows} == {"3"}
+    per_pass = [json.loads(l) for l in (tmp_path / "cases.jsonl").read_text().splitlines()]
+    assert sorted(r["pass"] for r in per_pass) == [0, 0, 1, 1, 2, 2]
+    pooled = RunDir(tmp_path).samples()
+    for r in rows:
+        mine = [p for p in per_pass if p["case_id"] == r["case_id"]]
+        assert int(r["samples"]) == len(pooled[r["case_id"]]) == sum(p["samples"] for p in mine)
+        medians = [p["time_ms"] for p in mine]
+        assert float(r["drift"]) == pytest.approx((max(medians) - min(medians)) / float(r["time_ms"]))
+    assert json.loads((tmp_path / "meta.json").read_text())["repeat"] == 3
+
+
+def test_resume_of_a_repeated_run_finishes_the_missing_passes(tmp_path, extra_backends):
+    calls = []
+
+    def interrupts(inputs, p, dtype):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return lambda: torch.matmul(inputs["a"], inputs["b"], out=inputs["out"])
+
+    extra_backends(fake("flaky", interrupts))
+    s = suite("[flaky]")
+    assert runner.run(s, "cpu", tmp_path, Console(file=io.StringIO()), repeat=2) == runner.EXIT_INTERRUPTED
+    assert runner.run(s, "cpu", tmp_path, Console(file=io.StringIO()), resume=True) == 0
+    assert len(calls) == 3 + 2  # two passes of two cases: two done, one interrupted, two left
+    assert {r["passes"] for r in read_csv(tmp_path)} == {"2"}
