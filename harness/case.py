@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import gc
 import math
+import warnings
 import zlib
 from dataclasses import dataclass
 
 import torch
 
-from harness import backends, memory, metrics, specs, stats, telemetry, workloads
+from harness import backends, ceilings, memory, metrics, specs, stats, telemetry, workloads
 from harness.config import Case
-from harness.device import DeviceFacts
+from harness.device import DeviceFacts, detect
 from harness.dtypes import DTYPES, matmul_precision
-from harness.timing import Timer
+from harness.timing import Timer, TimingSettings
 
 
 @dataclass
@@ -32,6 +33,15 @@ class Context:
     timer: Timer | None = None  # None when only planning
     ceilings: dict | None = None  # ceilings.summary() of this device, when measured
     sampler: telemetry.Sampler | None = None
+
+
+def context(device: str, timing: TimingSettings) -> Context:
+    """The shared state of a run on this device: facts, peaks, measured ceilings, timer, sampler."""
+    facts = detect(device)
+    with warnings.catch_warnings(record=True):  # callers say once, in words, that telemetry is missing
+        sampler = telemetry.sampler_for(facts)
+    return Context(device, facts, specs.resolve(facts), Timer(device, timing, facts.l2_bytes),
+                   ceilings.summary(ceilings.load(facts)), sampler)
 
 
 def base_row(case: Case, ctx: Context) -> dict:

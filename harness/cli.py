@@ -24,7 +24,7 @@ from harness.summary import fmt
 EXIT_USAGE = 2
 # Modules that each add one subcommand: a module-level `add_command(subparsers)` registers a parser
 # whose `command` default is a function (args, console) -> exit code.
-COMMAND_MODULES: list[str] = ["harness.ceilings"]
+COMMAND_MODULES: list[str] = ["harness.ceilings", "harness.compare", "harness.history", "harness.report", "harness.export"]
 
 
 class UsageError(Exception):

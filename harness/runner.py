@@ -10,7 +10,6 @@ final row pools the passes' samples and reports `drift`, the spread of the pass 
 from __future__ import annotations
 
 import statistics
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,12 +17,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from harness import ceilings, environment, specs, summary, telemetry, workloads
-from harness.case import Context, finish_row, run_case
+from harness import environment, report, summary, workloads
+from harness.case import Context, context, finish_row, run_case
 from harness.config import Case, Suite
-from harness.device import detect
 from harness.results import FAILED, RunDir
-from harness.timing import Timer
 
 EXIT_INTERRUPTED = 130
 WORST_FIRST = ("error", "mismatch", "suspect", "skipped", "ok")
@@ -32,11 +29,7 @@ WORST_FIRST = ("error", "mismatch", "suspect", "skipped", "ok")
 def run(suite: Suite, device: str, out: Path, console: Console, resume: bool = False, repeat: int = 1) -> int:
     """Run the suite into `out` (continuing it when resume is set); return the exit code."""
     run_dir = RunDir(out)
-    facts = detect(device)
-    with warnings.catch_warnings(record=True):  # the telemetry line below says it once
-        sampler = telemetry.sampler_for(facts)
-    ctx = Context(device, facts, specs.resolve(facts), Timer(device, suite.timing, facts.l2_bytes),
-                  ceilings.summary(ceilings.load(facts)), sampler)
+    ctx = context(device, suite.timing)
     previous = run_dir.read_meta() if resume else {}
     repeat = previous.get("repeat", repeat)
     done = {(r["case_id"], r.get("pass", 0)) for r in run_dir.rows() if r["status"] != "error"} if resume else set()
@@ -69,6 +62,7 @@ def run(suite: Suite, device: str, out: Path, console: Console, resume: bool = F
     meta.update(finished=None if interrupted else environment.now(), interrupted=interrupted)
     _finish(run_dir, suite, rows, meta)
     summary.print_console(rows, console)
+    report.write(run_dir.path, console)  # never raises: a report is not worth losing a run over
     console.print(f"results: {out}")
     if interrupted:
         return EXIT_INTERRUPTED

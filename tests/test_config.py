@@ -93,7 +93,7 @@ def test_case_id_is_stable_and_readable():
     ("cases: [", "suite.yaml: line"),
     ("foo: 1\ncases: [{workload: gemm}]", "suite.yaml: foo: unknown key; allowed: suite, description, timing, cases"),
     ("cases: []", "suite.yaml: cases: must be a non-empty list"),
-    ("cases: [{workload: conv}]", "suite.yaml: cases[0].workload: must be one of gemm (got 'conv')"),
+    ("cases: [{workload: conv}]", "suite.yaml: cases[0].workload: must be one of gemm"),
     ("cases: [{workload: gemm, m: 1, n: 2, k: 3}, {workload: gemm, m: 1, n: 2, kk: 3}]",
      "suite.yaml: cases[1].kk: unknown key; allowed: workload, backends, dtype, shapes, model, m, n, k, label"),
     ("cases: [{workload: gemm, m: 1, n: 2}]", "suite.yaml: cases[0].k: required"),
