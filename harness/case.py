@@ -47,8 +47,9 @@ def context(device: str, timing: TimingSettings) -> Context:
 def base_row(case: Case, ctx: Context) -> dict:
     """The columns known without running: identity, parameters, formulas, roofline shape."""
     wl = workloads.REGISTRY[case.workload]
+    backend = backends.get(case.workload, case.backend)
     p, dtype = case.p, DTYPES[case.dtype]
-    flops, nbytes = wl.flops(p), wl.bytes(p, dtype)
+    flops, nbytes = wl.flops(p), (backend.bytes or wl.bytes)(p, dtype)
     return {
         "case_id": case.case_id, "workload": case.workload, "backend": case.backend,
         "dtype": case.dtype, **p, "status": None, "reason": None, "flops": flops, "bytes": nbytes,

@@ -69,9 +69,14 @@ def test_dense_equivalent_is_checked_as_its_own_problem_and_reports_its_own_byte
     assert MOE.check(inputs, out, p, DTYPES["fp16"]) is None
     inputs["problem"] = "moe"  # the same rows judged as the MoE layer's output are wrong
     assert "expected (5, 32)" in MOE.check(inputs, out, p, DTYPES["fp16"])
-    columns = backends.get("moe", DENSE).columns(inputs, p, DTYPES["fp16"])
-    assert columns == {"bytes": dense_equivalent_bytes(p, DTYPES["fp16"])}
-    assert columns["bytes"] < MOE.bytes(p, DTYPES["fp16"])
+    dense_bytes = dense_equivalent_bytes(p, DTYPES["fp16"])
+    assert backends.get("moe", DENSE).bytes(p, DTYPES["fp16"]) == dense_bytes < MOE.bytes(p, DTYPES["fp16"])
+    # its own bytes are known before anything runs: in plans and on skipped rows too
+    from harness.case import Context, base_row
+    from harness.config import Case
+
+    row = base_row(Case("moe", DENSE, "fp16", tuple(p.items())), Context("plan", DeviceFacts(kind="plan", name=""), None))
+    assert row["bytes"] == dense_bytes
 
 
 def gpu(cc, vendor="nvidia"):

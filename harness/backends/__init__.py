@@ -25,6 +25,9 @@ class Backend:
     build: Callable[[dict, dict, DType], Callable[[], torch.Tensor]]  # (inputs, params, dtype) -> fn
     # Columns this backend adds to its rows, from the built inputs (e.g. flops_executed when it pads).
     columns: Callable[[dict, dict, DType], dict] | None = None
+    # The bytes formula, for a backend that by design moves other data than the workload's problem
+    # (MoE's dense-equivalent reads one expert's weights); None uses the workload's formula.
+    bytes: Callable[[dict, DType], int] | None = None
 
 
 _REGISTRY: dict[str, dict[str, Backend]] = {}

@@ -163,10 +163,6 @@ def _dense_build(inputs: dict, p: dict, dtype: DType):
     return lambda: ffn(0, rows, out=out)
 
 
-def _dense_columns(inputs: dict, p: dict, dtype: DType) -> dict:
-    return {"bytes": dense_equivalent_bytes(p, dtype)}
-
-
 register(Backend("moe", "torch-loop", "per-expert gather, matmul and index_add in PyTorch: the naive baseline",
                  _torch_unsupported, _loop_build))
 register(Backend("moe", "torch-grouped", "torch's grouped GEMM (CUTLASS, bf16, sm90/sm100) on expert-sorted rows",
@@ -174,4 +170,4 @@ register(Backend("moe", "torch-grouped", "torch's grouped GEMM (CUTLASS, bf16, s
 register(Backend("moe", "triton", "ours: kernels/moe.py, sorted and padded blocks, fused gate/up with SiLU·mul",
                  _triton_unsupported, _triton_build, _triton_columns))
 register(Backend("moe", DENSE, "dense cuBLAS GEMMs of T·k rows against one expert: the same useful FLOPs",
-                 _torch_unsupported, _dense_build, _dense_columns))
+                 _torch_unsupported, _dense_build, bytes=dense_equivalent_bytes))
