@@ -1,0 +1,133 @@
+"""kernels/attention.py and kernels/decode_attention.py against a float64 reference.
+
+On CPU the kernels run under Triton's interpreter (tests/conftest.py), in fp16 and fp32 (the
+interpreter has no bf16), with tiny odd lengths so every path runs: partial query and key tiles,
+head_dim padded to a power of two, GQA and MQA, bottom-right causal with seq_q < seq_kv, and decode
+with one split, many splits, and a split in which a query sees no key at all. The `gpu` tests add
+bf16 at real sizes.
+
+Tolerances: fp32 runs IEEE fp32 dots, so only summation order differs from float64 (atol 1e-5).
+fp16 rounds P before P·V and rounds the output: a few 2^-11 relative steps of a row's values
+(|v| ~ 1 at these lengths): atol 2e-3. At real sizes outputs shrink like 1/sqrt(keys seen), so the
+bf16 tests use the harness's own check, relative to each output row's scale.
+"""
+
+import math
+
+import pytest
+import torch
+
+from harness.dtypes import DTYPES
+from harness.workloads.attention import ATTENTION
+from kernels import attention, decode_attention
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ATOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+def make(b, hq, hkv, sq, skv, d, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(shape, generator=gen).to(dtype).to(DEVICE)
+               for shape in ((b, hq, sq, d), (b, hkv, skv, d), (b, hkv, skv, d)))
+    return q, k, v, torch.full_like(q, float("nan"))
+
+
+def reference(q, k, v, causal):
+    """float64 softmax(q·kᵀ/√D, bottom-right causal)·v with K/V repeated to the query heads."""
+    g = q.shape[1] // k.shape[1]
+    q = q.double().cpu()
+    k, v = (t.double().cpu().repeat_interleave(g, 1) for t in (k, v))
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if causal:
+        sq, skv = q.shape[2], k.shape[2]
+        hidden = torch.arange(skv)[None, :] > torch.arange(sq)[:, None] + (skv - sq)
+        s = s.masked_fill(hidden, float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+def assert_matches(out, q, k, v, causal):
+    assert torch.isfinite(out).all(), "some output was left unwritten (NaN poison)"
+    torch.testing.assert_close(out.double().cpu(), reference(q, k, v, causal), rtol=0, atol=ATOL[out.dtype])
+
+
+PREFILL = [  # b, hq, hkv, sq, skv, d, causal
+    (1, 2, 2, 17, 17, 16, True),  # square causal, ragged last tiles
+    (2, 4, 2, 19, 53, 24, True),  # GQA, bottom-right causal with seq_q < seq_kv, head_dim padded
+    (1, 4, 1, 33, 33, 32, False),  # MQA
+    (1, 2, 2, 40, 23, 16, False),  # more queries than keys (non-causal)
+    (1, 2, 1, 1, 40, 16, True),  # one decode query through the prefill kernel
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("b, hq, hkv, sq, skv, d, causal", PREFILL)
+def test_prefill_kernel_matches_the_reference(b, hq, hkv, sq, skv, d, causal, dtype):
+    q, k, v, out = make(b, hq, hkv, sq, skv, d, dtype)
+    assert attention.prepare(q, k, v, out, causal=causal)() is out
+    assert_matches(out, q, k, v, causal)
+
+
+DECODE = [  # b, hq, hkv, sq, skv, d, causal, splits
+    (2, 8, 2, 1, 77, 32, True, 1),  # one split writes out directly
+    (2, 8, 2, 1, 77, 32, True, 5),  # many splits and the reduction
+    (1, 4, 1, 3, 50, 24, True, 4),  # speculative: the last chunk holds keys query 0 may not see
+    (1, 4, 4, 2, 65, 16, False, 3),  # multi-head, no mask
+    (1, 4, 2, 4, 48, 16, True, None),  # the heuristic's choice
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("b, hq, hkv, sq, skv, d, causal, splits", DECODE)
+def test_decode_kernel_matches_the_reference(b, hq, hkv, sq, skv, d, causal, splits, dtype):
+    q, k, v, out = make(b, hq, hkv, sq, skv, d, dtype)
+    assert decode_attention.prepare(q, k, v, out, causal=causal, splits=splits)() is out
+    assert_matches(out, q, k, v, causal)
+    if splits:
+        assert decode_attention.split_count(b, hkv, skv, DEVICE, splits) == splits
+
+
+def test_split_heuristic():
+    n = decode_attention.num_splits
+    assert n(groups=264, seq_kv=131072, sms=132) == 1  # batch x kv heads already fills every slot
+    assert n(groups=8, seq_kv=131072, sms=132) >= 16  # batch 1: split to reach the SMs
+    assert n(groups=8, seq_kv=256, sms=132) == 1  # nothing worth splitting
+    counts = [n(groups=g, seq_kv=32768, sms=132) for g in (1, 4, 16, 64, 256)]
+    assert counts == sorted(counts, reverse=True) and max(counts) <= decode_attention.MAX_SPLITS
+    for skv, s in ((1000, 7), (131072, 33)):  # chunks cover the cache, none is empty
+        chunk = decode_attention.chunk_len(skv, s)
+        splits = decode_attention.split_count(1, 1, skv, "cpu", s)
+        assert chunk % decode_attention.CHUNK_ALIGN == 0 and (splits - 1) * chunk < skv <= splits * chunk
+
+
+def test_unsupported_cases_say_why():
+    assert "bf16" in attention.unsupported(torch.bfloat16, "cpu", 64) or torch.cuda.is_available()
+    assert "above 256" in attention.unsupported(torch.float16, DEVICE, 512)
+    reason = decode_attention.unsupported(torch.float16, DEVICE, heads=64, kv_heads=1, seq_q=4, head_dim=64)
+    assert "256 rows" in reason and "prefill kernel" in reason
+    q, k, v, out = make(1, 2, 2, 5, 3, 16, torch.float32)
+    with pytest.raises(ValueError, match="causal needs seq_q <= seq_kv"):
+        attention.prepare(q, k, v, out, causal=True)
+    with pytest.raises(ValueError, match="splits must be between"):
+        decode_attention.prepare(q, k, v, out, causal=False, splits=1000)
+
+
+def harness_check(q, k, v, out, causal, phase):
+    (b, hq, sq, d), (hkv, skv) = q.shape, k.shape[1:3]
+    p = dict(phase=phase, batch=b, heads=hq, kv_heads=hkv, seq_q=sq, seq_kv=skv, head_dim=d, causal=causal)
+    return ATTENTION.check({"q": q, "k": k, "v": v}, out, p, DTYPES["bf16"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sq, skv, causal", [(1000, 1536, True), (1000, 1536, False), (4096, 4096, True)])
+def test_prefill_bf16_at_real_size(sq, skv, causal):
+    q, k, v, out = make(2, 16, 4, sq, skv, 128, torch.bfloat16)
+    attention.prepare(q, k, v, out, causal=causal)()
+    assert harness_check(q, k, v, out, causal, "prefill") is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch, sq, seq_kv", [(1, 1, 32768), (64, 1, 4099), (4, 4, 8191)])
+def test_decode_bf16_at_real_size(batch, sq, seq_kv):
+    q, k, v, out = make(batch, 32, 8, sq, seq_kv, 128, torch.bfloat16)
+    decode_attention.prepare(q, k, v, out, causal=True)()
+    assert harness_check(q, k, v, out, True, "decode") is None
