@@ -41,6 +41,7 @@ import math
 import torch
 
 from harness import models
+from harness.check import compare
 from harness.dtypes import DType, matmul_precision
 from harness.workloads import LABEL, Param, Workload
 
@@ -169,7 +170,8 @@ class Attention(Workload):
                 for i0 in range(0, p["seq_q"], rows):
                     at = (slice(g0, g0 + groups), slice(None), slice(i0, i0 + rows))
                     ref = _reference(q[at].to(ref_dtype), *kv, range(i0, min(i0 + rows, p["seq_q"])), p)
-                    problem = _compare(o[at].to(ref_dtype), ref, TOLERANCE[dtype.name], (g0, i0), p)
+                    problem = compare(o[at].to(ref_dtype), ref, TOLERANCE[dtype.name],
+                                      lambda idx: _where(list(idx), (g0, i0), p), rms_dim=-1)
                     if problem:
                         return f"{dtype.name} {problem}"
         return None
@@ -200,24 +202,6 @@ def _reference(q, k, v, rows: range, p: dict) -> torch.Tensor:
     if p["causal"]:
         scores.masked_fill_(~visible(rows, p["seq_q"], p["seq_kv"], True, q.device), float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), v)
-
-
-def _compare(got: torch.Tensor, ref: torch.Tensor, tol: float, origin: tuple[int, int],
-             p: dict) -> str | None:
-    """None if every element of the chunk is within tol of the reference, else the worst one."""
-    bad = ~torch.isfinite(got)
-    if bad.any():
-        where = _where(bad.nonzero()[0].tolist(), origin, p)
-        return f"output has {int(bad.sum())} non-finite or unwritten elements (first at {where})"
-    scale = ref.abs() + ref.square().mean(dim=-1, keepdim=True).sqrt()
-    err = (got - ref).abs() / scale.clamp_min(torch.finfo(torch.float32).tiny)
-    worst = int(err.argmax())
-    if err.view(-1)[worst] > tol:
-        index = list(torch.unravel_index(torch.tensor(worst), err.shape))
-        at = tuple(int(x) for x in index)
-        return (f"error {float(err[at]):.2e} exceeds tolerance {tol:.0e} at {_where(list(at), origin, p)}: "
-                f"got {float(got[at]):.6g}, expected {float(ref[at]):.6g}")
-    return None
 
 
 def _where(index: list[int], origin: tuple[int, int], p: dict) -> str:

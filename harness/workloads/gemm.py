@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from harness import models
+from harness.check import compare, rows_from
 from harness.dtypes import DType, matmul_precision
 from harness.workloads import LABEL, Param, Workload
 
@@ -90,7 +91,7 @@ class Gemm(Workload):
             for start in range(0, p["m"], chunk):
                 ref = inputs["a"][start:start + chunk].to(ref_dtype) @ b
                 got = out[start:start + chunk].to(ref_dtype)
-                problem = _compare(got, ref, tol, start)
+                problem = compare(got, ref, tol, rows_from(start))
                 if problem:
                     return f"{dtype.name} {problem}"
         return None
@@ -101,22 +102,6 @@ def _random(shape, dtype: DType, device: str, gen: torch.Generator) -> torch.Ten
         return torch.randint(-128, 128, shape, dtype=torch.int8, device=device, generator=gen)
     make = dtype.storage if dtype.size >= 2 else torch.float32
     return torch.randn(shape, dtype=make, device=device, generator=gen).to(dtype.storage)
-
-
-def _compare(got: torch.Tensor, ref: torch.Tensor, tol: float, row0: int) -> str | None:
-    """None if every element is within tol of the reference, else the worst element."""
-    bad = ~torch.isfinite(got)
-    if bad.any():
-        i, j = (int(x) for x in bad.nonzero()[0])
-        return f"output has {int(bad.sum())} non-finite or unwritten elements (first at [{row0 + i}, {j}])"
-    scale = ref.abs() + ref.square().mean().sqrt()
-    err = (got - ref).abs() / scale.clamp_min(torch.finfo(torch.float32).tiny)
-    worst = int(err.argmax())
-    i, j = divmod(worst, ref.shape[1])
-    if err.view(-1)[worst] > tol:
-        return (f"error {float(err[i, j]):.2e} exceeds tolerance {tol:.0e} at [{row0 + i}, {j}]: "
-                f"got {float(got[i, j]):.6g}, expected {float(ref[i, j]):.6g}")
-    return None
 
 
 GEMM = WORKLOAD = Gemm()

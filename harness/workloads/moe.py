@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import torch
 
 from harness import models
+from harness.check import compare, rows_from
 from harness.dtypes import DType, matmul_precision
 from harness.workloads import LABEL, Param, Workload
-from harness.workloads.gemm import _compare
 
 DENSE = "dense-equivalent"
 ROUTINGS = "balanced, uniform or zipf:<s> with s > 0 (e.g. zipf:1.2)"
@@ -198,8 +198,8 @@ class Moe(Workload):
             ref = reference(inputs, p, problem)
         chunk = max(1, _CHUNK_BYTES // (p["hidden"] * 4))
         for start in range(0, rows, chunk):
-            wrong = _compare(out[start:start + chunk].float(), ref[start:start + chunk],
-                             TOLERANCE[dtype.name], start)
+            wrong = compare(out[start:start + chunk].float(), ref[start:start + chunk],
+                            TOLERANCE[dtype.name], rows_from(start))
             if wrong:
                 return f"{dtype.name} {wrong}"
         return None
