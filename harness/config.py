@@ -15,7 +15,6 @@ from pathlib import Path
 import yaml
 
 from harness import backends, workloads
-from harness.dtypes import DTYPES
 from harness.timing import TimingSettings, check_setting
 
 

@@ -28,15 +28,15 @@ Throughput: flops = 4·B·Hq·D·P, P the attended (query, key) pairs (harness/w
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+from kernels import common
+from kernels.common import smem_bytes
+
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
@@ -49,15 +49,10 @@ _TILES = [(128, 128, 3, 8), (128, 64, 3, 8), (128, 64, 4, 4), (128, 32, 4, 4), (
 
 
 def _configs():
-    if INTERPRET:  # interpreted autotuning would run every config at numpy speed
+    if common.INTERPRET:  # interpreted autotuning would run every config at numpy speed
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_stages=1, num_warps=4)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_stages=s, num_warps=w)
             for bm, bn, s, w in _TILES]
-
-
-@functools.lru_cache(maxsize=None)
-def _smem_bytes(index: int) -> int:
-    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -68,7 +63,7 @@ def _prune(configs, named_args, **kwargs):
     for cfg in configs:
         bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
         smem = (cfg.num_stages * 2 * bn + bm) * kwargs["BLOCK_D"] * q.element_size()
-        if bm <= cap_m and smem <= _smem_bytes(q.device.index):
+        if bm <= cap_m and smem <= smem_bytes(q.device.index):
             keep.append(cfg)
     return keep or configs[-1:]
 
@@ -165,20 +160,11 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, sqb, sqh, sqs, sqd, skb, skh, sk
 
 def unsupported(dtype: torch.dtype, device: torch.device, head_dim: int) -> str | None:
     """Why this kernel cannot run the case, in one line; None if it can."""
-    device = torch.device(device)
     if dtype not in DTYPES:
         return f"{dtype} is not supported (fp16, bf16, fp32)"
     if head_dim > MAX_HEAD_DIM:
         return f"head_dim {head_dim} is above {MAX_HEAD_DIM}: the Q tile and accumulator would not fit"
-    if INTERPRET:
-        if dtype == torch.bfloat16:
-            return "the Triton interpreter computes bf16 wrongly (numpy has no bfloat16); run bf16 on a GPU"
-        return None
-    if device.type != "cuda":
-        return "Triton needs a CUDA GPU; set TRITON_INTERPRET=1 to use the (slow) interpreter on CPU"
-    if dtype == torch.bfloat16 and not torch.version.hip and torch.cuda.get_device_capability(device)[0] < 8:
-        return "bf16 tensor cores need sm_80 or newer"
-    return None
+    return common.platform_unsupported(dtype, device)
 
 
 def check_inputs(q, k, v, out, causal: bool) -> None:

@@ -36,16 +36,15 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels import common
 from kernels.attention import LOG2E, block_d, check_inputs, dot_precision
 from kernels.attention import unsupported as prefill_unsupported
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 MAX_ROWS = 128  # G·Sq query rows per program: the Q tile and accumulator stay in registers
 SPLIT_UNIT = 256  # the split heuristic cuts caches in units of this many keys, at least one per split
 MAX_SPLITS = 64  # the reduction holds [splits, D] partials of one row in registers
@@ -56,7 +55,7 @@ _TILES = [(64, 3, 4), (64, 4, 4), (128, 3, 4), (128, 3, 8), (32, 4, 4)]
 
 
 def _configs():
-    if INTERPRET:
+    if common.INTERPRET:
         return [triton.Config({"BLOCK_N": 16}, num_stages=1, num_warps=4)]
     return [triton.Config({"BLOCK_N": bn}, num_stages=s, num_warps=w) for bn, s, w in _TILES]
 

@@ -34,18 +34,19 @@ the interpreter's emulated descriptors so its logic is testable without a GPU.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from kernels import common
+from kernels.common import smem_bytes, tile_coords
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # triton < 3.4
     TensorDescriptor = None
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 VARIANTS = ("auto", "tiled", "tma")
 PRECISIONS = ("ieee", "tf32")
 OUT_DTYPE = {
@@ -63,16 +64,11 @@ _TILES = [(128, 256, 3, 8), (128, 256, 4, 8), (256, 128, 3, 8), (128, 128, 4, 8)
 
 
 def _configs(pre_hook=None):
-    if INTERPRET:  # interpreted autotuning would run every config at numpy speed
+    if common.INTERPRET:  # interpreted autotuning would run every config at numpy speed
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "GROUP_M": 4}, num_stages=1, num_warps=4,
                               pre_hook=pre_hook)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_stages=s, num_warps=w,
                           pre_hook=pre_hook) for bm, bn, s, w in _TILES]
-
-
-@functools.lru_cache(maxsize=None)
-def _smem_bytes(index: int) -> int:
-    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -88,7 +84,7 @@ def _prune(configs, named_args, **kwargs):
         smem = cfg.num_stages * (bm + bn) * kwargs["BLOCK_K"] * a.element_size()
         if tma:  # the TMA store stages the output tile in shared memory too
             smem += bm * bn * c.element_size()
-        if bm <= cap_m and bn <= cap_n and smem <= _smem_bytes(a.device.index):
+        if bm <= cap_m and bn <= cap_n and smem <= smem_bytes(a.device.index):
             keep.append(cfg)
     return keep or configs[-1:]
 
@@ -101,24 +97,13 @@ def _set_tma_blocks(nargs):
     nargs["c_desc"].block_shape = [bm, bn]
 
 
-@triton.jit
-def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    """Grouped ordering: tile ids run down GROUP_M row tiles of one column, then the next column."""
-    group_size = GROUP_M * num_pid_n
-    first_m = (tile_id // group_size) * GROUP_M
-    rows = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (tile_id % group_size) % rows
-    pid_n = (tile_id % group_size) // rows
-    return pid_m, pid_n
-
-
 @triton.autotune(configs=_configs(), key=["M", "N", "K", "stride_ak", "stride_bn", "PRECISION"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _tiled_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm,
                   stride_cn, PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, MAX_IMPRECISE: tl.constexpr,
                   BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    pid_m, pid_n = tile_coords(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -156,7 +141,7 @@ def _tma_kernel(a_desc, b_desc, c_desc, M, N, K, PRECISION: tl.constexpr, ACC_DT
     # the flattened loop's pipeliner must not see one value used by both prologue and epilogue.
     tile_c = start - NUM_SMS
     for tile in tl.range(start, num_pid_m * num_pid_n, NUM_SMS, flatten=True):
-        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+        pid_m, pid_n = tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
         for ki in range(k_tiles):
             a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
@@ -167,7 +152,7 @@ def _tma_kernel(a_desc, b_desc, c_desc, M, N, K, PRECISION: tl.constexpr, ACC_DT
             acc = tl.dot(a, b, acc, input_precision=PRECISION, max_num_imprecise_acc=MAX_IMPRECISE,
                          out_dtype=ACC_DTYPE)
         tile_c += NUM_SMS
-        pid_m, pid_n = _tile_coords(tile_c, num_pid_m, num_pid_n, GROUP_M)
+        pid_m, pid_n = tile_coords(tile_c, num_pid_m, num_pid_n, GROUP_M)
         c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(c_desc.dtype))
 
 
@@ -252,7 +237,7 @@ def _is_hopper(device: torch.device) -> bool:
 
 
 def _auto_variant(a, b, out, precision) -> str:
-    if INTERPRET or not _is_hopper(a.device) or _tma_b(a, b, out) is None:
+    if common.INTERPRET or not _is_hopper(a.device) or _tma_b(a, b, out) is None:
         return "tiled"
     key = (a.shape, a.stride(), b.shape, b.stride(), a.dtype, precision, a.device)
     if key not in _AUTO_CHOICE:  # first call only: do_bench's first run also autotunes each variant
@@ -263,32 +248,20 @@ def _auto_variant(a, b, out, precision) -> str:
 
 def unsupported(dtype: torch.dtype, device: torch.device, variant: str = "auto") -> str | None:
     """Why this kernel cannot run `dtype` on `device` with `variant`, in one line; None if it can."""
-    device = torch.device(device)
     if dtype not in OUT_DTYPE:
         return f"{dtype} is not supported (fp32, fp16, bf16, float8_e4m3fn, int8)"
     if variant not in VARIANTS:
         return f"unknown variant {variant!r} (one of {', '.join(VARIANTS)})"
     if variant == "tma" and TensorDescriptor is None:
         return f"triton {triton.__version__} has no host tensor descriptors (needs >= 3.4)"
-    if INTERPRET:
-        if dtype == torch.bfloat16:
-            return "the Triton interpreter computes bf16 wrongly (numpy has no bfloat16); run bf16 on a GPU"
-        return None
-    if device.type != "cuda":
-        return "Triton needs a CUDA GPU; set TRITON_INTERPRET=1 to use the (slow) interpreter on CPU"
+    reason = common.platform_unsupported(dtype, device)
+    if reason or common.INTERPRET or variant != "tma":
+        return reason  # the interpreter emulates descriptors, so the tma logic is testable on CPU
     if torch.version.hip:
-        if variant == "tma":
-            return "the tma variant uses NVIDIA Hopper TMA; use 'tiled' on AMD GPUs"
-        if dtype == torch.float8_e4m3fn:
-            return "float8_e4m3fn GEMM is only supported on NVIDIA GPUs here"
-        return None
+        return "the tma variant uses NVIDIA Hopper TMA; use 'tiled' on AMD GPUs"
     major, minor = torch.cuda.get_device_capability(device)
-    if variant == "tma" and major != 9:
+    if major != 9:
         return f"the tma variant is written for Hopper (sm_90); this GPU is sm_{major}{minor}"
-    if dtype == torch.float8_e4m3fn and (major, minor) < (8, 9):
-        return f"fp8 tensor cores need sm_89 or newer; this GPU is sm_{major}{minor}"
-    if dtype == torch.bfloat16 and major < 8:
-        return f"bf16 tensor cores need sm_80 or newer; this GPU is sm_{major}{minor}"
     return None
 
 

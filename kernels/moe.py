@@ -46,10 +46,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.gemm import INTERPRET, _smem_bytes, _tile_coords
+from kernels import common
+from kernels.common import FP8, smem_bytes, tile_coords
 
 MAX_BLOCK_M = 128
-FP8 = torch.float8_e4m3fn
 OUT_DTYPE = {torch.float32: torch.float32, torch.float16: torch.float16, torch.bfloat16: torch.bfloat16,
              FP8: torch.bfloat16}
 FP8_MAX = 448.0
@@ -67,7 +67,7 @@ _DOWN_TILES = [(32, 128, 4, 4), (64, 64, 4, 4), (64, 128, 3, 4), (128, 64, 3, 8)
 
 
 def _configs(tiles):
-    if INTERPRET:  # interpreted autotuning would run every config at numpy speed
+    if common.INTERPRET:  # interpreted autotuning would run every config at numpy speed
         return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_stages=1, num_warps=4)]
     return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
             for bn, bk, s, w in tiles]
@@ -81,7 +81,7 @@ def _prune(configs, named_args, b_tiles, **kwargs):
     for cfg in configs:
         bn, bk = cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
         smem = cfg.num_stages * (bm + b_tiles * bn) * bk * a.element_size()
-        if bn <= cap_n and smem <= _smem_bytes(a.device.index):
+        if bn <= cap_n and smem <= smem_bytes(a.device.index):
             keep.append(cfg)
     return keep or configs[:1]
 
@@ -94,7 +94,7 @@ def _gate_up_kernel(a_ptr, w_ptr, scale_ptr, h_ptr, pairs_ptr, block_expert_ptr,
                     PRECISION: tl.constexpr, MAX_IMPRECISE: tl.constexpr, H_MAX: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     GROUP_M: tl.constexpr):
-    pid_m, pid_n = _tile_coords(tl.program_id(0), num_blocks, tl.cdiv(N, BLOCK_N), GROUP_M)
+    pid_m, pid_n = tile_coords(tl.program_id(0), num_blocks, tl.cdiv(N, BLOCK_N), GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     pairs = tl.load(pairs_ptr + rows)
     valid = pairs < num_pairs
@@ -137,7 +137,7 @@ def _down_kernel(a_ptr, w_ptr, scale_ptr, y_ptr, pairs_ptr, block_expert_ptr, ro
                  K, num_pairs, stride_am, stride_we, stride_wn, stride_ym, PRECISION: tl.constexpr,
                  MAX_IMPRECISE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pid_m, pid_n = _tile_coords(tl.program_id(0), num_blocks, tl.cdiv(N, BLOCK_N), GROUP_M)
+    pid_m, pid_n = tile_coords(tl.program_id(0), num_blocks, tl.cdiv(N, BLOCK_N), GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     pairs = tl.load(pairs_ptr + rows)
     valid = pairs < num_pairs
@@ -221,24 +221,12 @@ def sort_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> _S
 
 def unsupported(dtype: torch.dtype, device: torch.device) -> str | None:
     """Why this kernel cannot run `dtype` on `device`, in one line; None if it can."""
-    device = torch.device(device)
     if dtype not in OUT_DTYPE:
         return f"{dtype} is not supported (fp32, fp16, bf16, float8_e4m3fn)"
-    if INTERPRET:
-        if dtype == torch.bfloat16:
-            return "the Triton interpreter computes bf16 wrongly (numpy has no bfloat16); run bf16 on a GPU"
-        if dtype == FP8:
-            return ("the Triton interpreter rounds fp32 to fp8 wrongly (a carry into the exponent is lost: "
-                    "1.97 becomes 1.0); run fp8 on a GPU")
-        return None
-    if device.type != "cuda":
-        return "Triton needs a CUDA GPU; set TRITON_INTERPRET=1 to use the (slow) interpreter on CPU"
-    major, minor = torch.cuda.get_device_capability(device)
-    if dtype == FP8 and (torch.version.hip or (major, minor) < (8, 9)):
-        return f"float8_e4m3fn tensor cores need an NVIDIA GPU of sm_89 or newer; this one is sm_{major}{minor}"
-    if dtype == torch.bfloat16 and major < 8 and not torch.version.hip:
-        return f"bf16 tensor cores need sm_80 or newer; this GPU is sm_{major}{minor}"
-    return None
+    if common.INTERPRET and dtype == FP8:
+        return ("the Triton interpreter rounds fp32 to fp8 wrongly (a carry into the exponent is lost: "
+                "1.97 becomes 1.0); run fp8 on a GPU")
+    return common.platform_unsupported(dtype, device)
 
 
 def _blocks_grid(blocks: int, n: int):
@@ -291,7 +279,7 @@ def prepare(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, topk
     down_scale = ones if w_down_scale is None else w_down_scale.float().contiguous()
     fp8 = x.dtype == FP8
     consts = {"PRECISION": "ieee" if x.dtype == torch.float32 else None, "BLOCK_M": block_m,
-              "MAX_IMPRECISE": FP8_PROMOTE_K if fp8 and not INTERPRET else None}
+              "MAX_IMPRECISE": FP8_PROMOTE_K if fp8 and not common.INTERPRET else None}
     grid_gate_up, grid_down = _blocks_grid(s.blocks, inter), _blocks_grid(s.blocks, hidden)
     grid_sum = (t, triton.cdiv(hidden, SUM_BLOCK))
 

@@ -24,7 +24,7 @@ import math
 import pytest
 import torch
 
-from kernels import gemm
+from kernels import common, gemm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SENTINEL = -(2**31)  # int32 poison: unreachable for int8 sums at these K
@@ -164,14 +164,14 @@ def test_rejects_bad_arguments(call):
 # unsupported(): reasons are decided from the environment, so fake it.
 
 def test_reason_for_bf16_in_interpreter(monkeypatch):
-    monkeypatch.setattr(gemm, "INTERPRET", True)
+    monkeypatch.setattr(common, "INTERPRET", True)
     reason = gemm.unsupported(torch.bfloat16, torch.device("cpu"))
     assert "interpreter" in reason and "bf16" in reason
     assert gemm.unsupported(torch.float16, torch.device("cpu"), "tma") is None
 
 
 def test_reason_for_cpu_without_interpreter(monkeypatch):
-    monkeypatch.setattr(gemm, "INTERPRET", False)
+    monkeypatch.setattr(common, "INTERPRET", False)
     reason = gemm.unsupported(torch.float16, torch.device("cpu"))
     assert "CUDA GPU" in reason and "TRITON_INTERPRET=1" in reason
     with pytest.raises(ValueError, match="CUDA GPU"):
@@ -196,7 +196,7 @@ def test_reasons_for_unknown_dtype_variant_and_old_triton(monkeypatch):
     ((7, 5), torch.bfloat16, "tiled", "sm_80"),
 ])
 def test_reasons_by_compute_capability(monkeypatch, capability, dtype, variant, expect):
-    monkeypatch.setattr(gemm, "INTERPRET", False)
+    monkeypatch.setattr(common, "INTERPRET", False)
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     reason = gemm.unsupported(dtype, torch.device("cuda"), variant)
@@ -204,7 +204,7 @@ def test_reasons_by_compute_capability(monkeypatch, capability, dtype, variant, 
 
 
 def test_reasons_on_amd(monkeypatch):
-    monkeypatch.setattr(gemm, "INTERPRET", False)
+    monkeypatch.setattr(common, "INTERPRET", False)
     monkeypatch.setattr(torch.version, "hip", "6.2")
     assert "AMD" in gemm.unsupported(torch.float16, torch.device("cuda"), "tma")
     assert gemm.unsupported(torch.float16, torch.device("cuda"), "tiled") is None
