@@ -14,7 +14,7 @@ from rich.table import Table
 
 from harness import workloads
 
-NUMBERS = [("time_ms", "ms", "{:.4g}"), ("tflops", "TFLOPS", "{:.1f}"), ("gbps", "GB/s", "{:.0f}"),
+NUMBERS = [("time_ms", "ms", "{:.4g}"), ("tflops", "TFLOPS", "{:.4g}"), ("gbps", "GB/s", "{:.4g}"),
            ("mfu", "MFU", "{:.1%}"), ("mbu", "MBU", "{:.1%}"), ("mfu_ceiling", "MFU/ceil", "{:.1%}"),
            ("mbu_ceiling", "MBU/ceil", "{:.1%}"), ("exp_util", "exp util", "{:.1%}"), ("limit", "limit", "{}"),
            ("bound", "bound", "{}"), ("roofline", "roofline", "{:.1%}"), ("noise", "±", "{:.1%}"),
