@@ -69,7 +69,7 @@ def _prune(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _load_rows(ptrs, rows_ok, d_ok, ROWS_MASKED: tl.constexpr, EVEN_D: tl.constexpr):
+def load_rows(ptrs, rows_ok, d_ok, ROWS_MASKED: tl.constexpr, EVEN_D: tl.constexpr):
     """A [rows, BLOCK_D] tile; masks (zero fill) only where rows or head-dim lanes may be out of range."""
     if ROWS_MASKED:
         return tl.load(ptrs, mask=rows_ok[:, None] & d_ok[None, :], other=0.0)
@@ -79,24 +79,25 @@ def _load_rows(ptrs, rows_ok, d_ok, ROWS_MASKED: tl.constexpr, EVEN_D: tl.conste
 
 
 @triton.jit
-def _attend(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, start, end, kv_limit,
+def attend(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, start, end, kv_limit,
             qk_scale, offs_n, d_ok, MASKED: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
             BLOCK_N: tl.constexpr):
     """Fold key tiles [start, end) into the running (acc, l, m). With MASKED, key j is visible to
-    row r only when j < kv_limit[r] (kv_limit = last visible key + 1); else every key is."""
+    row r only when j < kv_limit[r] (kv_limit = last visible key + 1) and j < end; else every key
+    is. (The decode kernel folds chunks that end before the cache does: hence the `end` bound.)"""
     k_ptrs += start * stride_kn
     v_ptrs += start * stride_vn
     for start_n in range(start, end, BLOCK_N):
         cols = start_n + offs_n
-        k = _load_rows(k_ptrs, cols < end, d_ok, MASKED, EVEN_D)
+        k = load_rows(k_ptrs, cols < end, d_ok, MASKED, EVEN_D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         if MASKED:
-            s = tl.where(cols[None, :] < kv_limit[:, None], s, float("-inf"))
+            s = tl.where((cols[None, :] < kv_limit[:, None]) & (cols[None, :] < end), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         p = tl.math.exp2(s * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_rows(v_ptrs, cols < end, d_ok, MASKED, EVEN_D)
+        v = load_rows(v_ptrs, cols < end, d_ok, MASKED, EVEN_D)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
         k_ptrs += BLOCK_N * stride_kn
@@ -127,7 +128,7 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, sqb, sqh, sqs, sqd, skb, skh, sk
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
 
-    q = _load_rows(q_ptr + b * sqb + h * sqh + rows[:, None].to(tl.int64) * sqs + offs_d[None, :] * sqd,
+    q = load_rows(q_ptr + b * sqb + h * sqh + rows[:, None].to(tl.int64) * sqs + offs_d[None, :] * sqd,
                    rows < SEQ_Q, d_ok, True, EVEN_D)
     k_ptrs = k_ptr + b * skb + kv_h * skh + offs_n[:, None] * sks + offs_d[None, :] * skd
     v_ptrs = v_ptr + b * svb + kv_h * svh + offs_n[:, None] * svs + offs_d[None, :] * svd
@@ -148,9 +149,9 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, sqb, sqh, sqs, sqd, skb, skh, sk
         shared = SEQ_KV
         kv_limit = tl.zeros([BLOCK_M], dtype=tl.int32) + SEQ_KV
     unmasked_end = (shared // BLOCK_N) * BLOCK_N
-    acc, l_i, m_i = _attend(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, 0, unmasked_end, kv_limit,
+    acc, l_i, m_i = attend(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, 0, unmasked_end, kv_limit,
                             qk_scale, offs_n, d_ok, False, EVEN_D, PRECISION, BLOCK_N)
-    acc, l_i, m_i = _attend(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, unmasked_end, end, kv_limit,
+    acc, l_i, m_i = attend(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, unmasked_end, end, kv_limit,
                             qk_scale, offs_n, d_ok, True, EVEN_D, PRECISION, BLOCK_N)
 
     out = acc / l_i[:, None]

@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 
 from kernels import common
-from kernels.attention import LOG2E, block_d, check_inputs, dot_precision
+from kernels.attention import LOG2E, attend, block_d, check_inputs, dot_precision, load_rows
 from kernels.attention import unsupported as prefill_unsupported
 
 MAX_ROWS = 128  # G·Sq query rows per program: the Q tile and accumulator stay in registers
@@ -61,39 +61,6 @@ def _configs():
 
 
 CHUNK_ALIGN = max(c.kwargs["BLOCK_N"] for c in _configs())  # every config's BLOCK_N divides a chunk
-
-
-@triton.jit
-def _load_tile(ptrs, rows_ok, d_ok, ROWS_MASKED: tl.constexpr, EVEN_D: tl.constexpr):
-    if ROWS_MASKED:
-        return tl.load(ptrs, mask=rows_ok[:, None] & d_ok[None, :], other=0.0)
-    if EVEN_D:
-        return tl.load(ptrs)
-    return tl.load(ptrs, mask=d_ok[None, :], other=0.0)
-
-
-@triton.jit
-def _fold(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, start, end, kv_limit, qk_scale, offs_n, d_ok,
-          MASKED: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Online softmax over key tiles [start, end); with MASKED, row r sees keys < kv_limit[r]."""
-    k_ptrs += start * sks
-    v_ptrs += start * svs
-    for start_n in range(start, end, BLOCK_N):
-        cols = start_n + offs_n
-        k = _load_tile(k_ptrs, cols < end, d_ok, MASKED, EVEN_D)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        if MASKED:
-            s = tl.where((cols[None, :] < kv_limit[:, None]) & (cols[None, :] < end), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = tl.math.exp2(s * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_tile(v_ptrs, cols < end, d_ok, MASKED, EVEN_D)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
-        k_ptrs += BLOCK_N * sks
-        v_ptrs += BLOCK_N * svs
-    return acc, l_i, m_i
 
 
 @triton.autotune(configs=_configs(), key=["CHUNK", "SEQ_KV", "ROWS", "HEAD_DIM", "SINGLE"],
@@ -118,7 +85,7 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, lse_ptr, sqb, sqh, sqs, 
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
 
-    q = _load_tile(q_ptr + b * sqb + head[:, None] * sqh + token[:, None] * sqs + offs_d[None, :] * sqd,
+    q = load_rows(q_ptr + b * sqb + head[:, None] * sqh + token[:, None] * sqs + offs_d[None, :] * sqd,
                    rows_ok, d_ok, True, EVEN_D)
     k_ptrs = k_ptr + b * skb + kv_h * skh + offs_n[:, None] * sks + offs_d[None, :] * skd
     v_ptrs = v_ptr + b * svb + kv_h * svh + offs_n[:, None] * svs + offs_d[None, :] * svd
@@ -136,9 +103,9 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, lse_ptr, sqb, sqh, sqs, 
         shared = end
         kv_limit = tl.zeros([BLOCK_M], dtype=tl.int32) + SEQ_KV
     unmasked_end = tl.maximum(start, start + ((shared - start) // BLOCK_N) * BLOCK_N)
-    acc, l_i, m_i = _fold(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, start, unmasked_end, kv_limit,
+    acc, l_i, m_i = attend(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, start, unmasked_end, kv_limit,
                           qk_scale, offs_n, d_ok, False, EVEN_D, PRECISION, BLOCK_N)
-    acc, l_i, m_i = _fold(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, unmasked_end, end, kv_limit,
+    acc, l_i, m_i = attend(acc, l_i, m_i, q, k_ptrs, v_ptrs, sks, svs, unmasked_end, end, kv_limit,
                           qk_scale, offs_n, d_ok, True, EVEN_D, PRECISION, BLOCK_N)
 
     seen = l_i > 0
