@@ -8,7 +8,9 @@ Usage and suite errors print one line (`FILE: cases[2].heads: ...`) and exit 2, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import re
 import sys
 import time
 from importlib import resources
@@ -53,12 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue a run directory, skipping finished cases")
     run.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
                      help="interleave N passes over the suite, to tell drift from noise")
+    run.add_argument("--only", metavar="REGEX", help="run only the cases whose case_id matches")
     run.set_defaults(command=_run)
 
     plan = sub.add_parser("plan", help="expand a suite and predict its cost, allocating nothing")
     plan.add_argument("config", nargs="?", help="suite YAML (default: the shipped GPU suite)")
     plan.add_argument("--gpu", help="peak table entry to predict on, e.g. h100-sxm (see `mfu gpus`)")
     plan.add_argument("--out", type=Path, help="write DIR/results.csv")
+    plan.add_argument("--only", metavar="REGEX", help="plan only the cases whose case_id matches")
     plan.set_defaults(command=_plan)
 
     gpus = sub.add_parser("gpus", help="list the peak table")
@@ -94,8 +98,24 @@ def _run(args, console: Console) -> int:
         if kind == "cpu" and not args.device:
             console.print("No CUDA GPU found: running the small CPU suite (GPU peaks do not apply).")
         suite = default_suite(kind)
+    suite = _only(suite, args.only)
     out = args.resume or args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{suite.name}"
     return runner.run(suite, kind, out, console, resume=bool(args.resume), repeat=args.repeat)
+
+
+def _only(suite: config.Suite, pattern: str | None) -> config.Suite:
+    """The suite narrowed to the cases whose case_id matches `pattern` (a regular expression)."""
+    if pattern is None:
+        return suite
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"--only: not a regular expression ({exc})") from None
+    cases = [c for c in suite.cases if regex.search(c.case_id)]
+    if not cases:
+        raise UsageError(f"--only: no case_id of {suite.source} matches {pattern!r} "
+                         f"(ids look like {suite.cases[0].case_id})")
+    return dataclasses.replace(suite, cases=cases)
 
 
 def _positive_int(text: str) -> int:
@@ -113,7 +133,7 @@ def _cuda_available() -> bool:
 def _plan(args, console: Console) -> int:
     from harness import plan, runner
 
-    suite = config.load(args.config) if args.config else default_suite("cuda")
+    suite = _only(config.load(args.config) if args.config else default_suite("cuda"), args.only)
     spec = None
     if args.gpu:
         try:

@@ -137,3 +137,14 @@ def test_ctrl_c_writes_what_finished_and_exits_non_zero(tmp_path):
     r = mfu("run", "--resume", out)
     assert r.returncode == 0, r.stderr
     assert len(rows(out / "results.csv")) == 6
+
+
+def test_only_narrows_the_suite_by_case_id(tiny, tmp_path):
+    out = tmp_path / "run"
+    r = mfu("run", tiny, "--out", out, "--only", r"bf16:m=64")
+    assert r.returncode == 0, r.stderr
+    assert [x["case_id"] for x in rows(out / "results.csv")] == ["gemm:bf16:m=64,n=32,k=16:torch"]
+    r = mfu("run", tiny, "--out", tmp_path / "none", "--only", "fp64")
+    assert r.returncode == 2 and "--only: no case_id" in r.stderr and "ids look like gemm:" in r.stderr
+    r = mfu("plan", tiny, "--only", "(")
+    assert r.returncode == 2 and "not a regular expression" in r.stderr
