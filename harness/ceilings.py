@@ -191,7 +191,7 @@ def add_command(sub) -> None:
 
 def _command(args, console) -> int:
     from harness import device
-    from harness.cli import UsageError
+    from harness.errors import UsageError
 
     kind = args.device or device.default_device()
     if kind == "cuda" and not torch.cuda.is_available():

@@ -20,17 +20,15 @@ from rich.console import Console
 from rich.table import Table
 
 from harness import config, device, specs
+from harness.errors import UsageError
 from harness.results import RunDir
 from harness.summary import fmt
 
 EXIT_USAGE = 2
 # Modules that each add one subcommand: a module-level `add_command(subparsers)` registers a parser
 # whose `command` default is a function (args, console) -> exit code.
-COMMAND_MODULES: list[str] = ["harness.ceilings", "harness.compare", "harness.history", "harness.report", "harness.export"]
-
-
-class UsageError(Exception):
-    pass
+COMMAND_MODULES: list[str] = ["harness.ceilings", "harness.compare", "harness.history", "harness.report", "harness.export",
+                               "harness.claims"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from rich.console import Console
 
 from harness import runs as runs_mod
 from harness import tables, verdict, workloads
-from harness.cli import UsageError
+from harness.errors import UsageError
 from harness.results import FAILED
 from harness.runs import Run
 from harness.tables import Table, number, tflops

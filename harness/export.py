@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from harness import runs
-from harness.cli import UsageError
+from harness.errors import UsageError
 
 # Row columns copied into each benchmark's extra_info (workload parameters are added too).
 EXTRA_INFO = ("case_id", "workload", "backend", "dtype", "status", "flops", "bytes", "tflops", "gbps", "mfu",

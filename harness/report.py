@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness import compare, roofline, runs, summary, tables
-from harness.cli import UsageError
+from harness.errors import UsageError
 from harness.tables import Table
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from harness.cli import UsageError
+from harness.errors import UsageError
 from harness.results import RunDir
 
 # What a comparison tells runs apart by, in the order it lists what changed between two runs.

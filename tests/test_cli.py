@@ -72,6 +72,7 @@ def test_config_error_is_one_line_with_exit_code_2(tmp_path):
     (["run", "--device", "cuda"], "no CUDA GPU is visible"),
     (["plan", "--gpu", "h1000"], "--gpu: unknown GPU 'h1000'; valid keys:"),
     (["run", "--resume", "nowhere"], "nowhere: no meta.json there"),
+    (["compare", "nowhere"], "nowhere: no such run directory"),  # raised in a command module
 ])
 def test_usage_errors_exit_2_without_traceback(args, message, tmp_path):
     r = mfu(*args, cwd=tmp_path)

@@ -1,0 +1,114 @@
+"""`mfu claims`: run the shipped claims suite on this device and put published MFU/MBU claims beside
+what it measured.
+
+The suite ships inside the package (harness/suites/claims-cuda.yaml, -cpu.yaml; configs/claims.yaml
+is the GPU one to read and copy). It runs through harness.runner like any suite, into a run
+directory (default runs/<time>-claims-<device>), and then harness/claim_rules.py turns its rows into
+the claims table: printed, and written beside the run as claims.md and a self-contained
+claims.html. On a GPU without stored ceilings (`mfu ceilings`), a short ceilings measurement runs
+first and is stored, since the exp claim needs the measured exp2 and matmul rates. On a CPU the
+suite is tiny and every claim reads "not measurable here": the claims are about GPUs.
+`--from RUN` evaluates an existing run directory again, running nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from importlib import resources
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+
+from harness import config, device, runs, tables
+from harness.claim_rules import Finding, evaluate
+
+CEILINGS_BUDGET_S = 60.0  # the matmul sweeps' share; memory and exp probes add a few seconds
+HEADERS = ["claim", "source", "what is measured", "holds when", "value on this device", "verdict"]
+
+
+def add_command(sub) -> None:
+    cmd = sub.add_parser("claims", help="test published MFU/MBU claims on this device (runs the claims suite)",
+                         description=__doc__.split("\n\n")[0])
+    cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    cmd.add_argument("--out", type=Path, help="run directory (default: runs/<time>-claims-<device>)")
+    cmd.add_argument("--from", dest="source", type=Path, metavar="RUN",
+                     help="evaluate the claims of an existing run directory instead of running the suite")
+    cmd.set_defaults(command=_command)
+
+
+def shipped_suite(kind: str) -> config.Suite:
+    """The claims suite for a device kind, as shipped inside the package."""
+    name = f"claims-{kind}.yaml"
+    return config.parse((resources.files("harness") / "suites" / name).read_text(), f"<shipped {name}>")
+
+
+def _command(args, console: Console) -> int:
+    from harness import runner
+    from harness.errors import UsageError
+
+    if args.source:
+        if args.device or args.out:
+            raise UsageError("--from evaluates an existing run: give it without --device and --out")
+        write(runs.load(args.source), console)
+        return 0
+    kind = args.device or device.default_device()
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA GPU is visible to torch")
+        _ensure_ceilings(console)
+    suite = shipped_suite(kind)
+    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{suite.name}"
+    code = runner.run(suite, kind, out, console)
+    write(runs.load(out), console)
+    return code
+
+
+def _ensure_ceilings(console: Console) -> None:
+    """Measure and store this GPU's ceilings if none are stored: the exp claim needs them."""
+    from harness import ceilings
+
+    facts = device.detect("cuda")
+    if ceilings.load(facts) is not None:
+        return
+    console.print(f"no measured ceilings for {facts.name}: measuring them first (about "
+                  f"{CEILINGS_BUDGET_S + 20:.0f} s, stored for later runs, as `mfu ceilings` does)")
+    try:
+        ceilings.save(ceilings.measure("cuda", facts, CEILINGS_BUDGET_S, log=lambda line: console.print(f"  {line}")))
+    except Exception as exc:  # the claims that need no ceilings are still worth running
+        console.print(f"[yellow]{escape(f'ceilings not measured ({type(exc).__name__}: {exc})')}; the exp "
+                      "claim will read 'not measurable here'[/]")
+
+
+def table(findings: list[Finding], run: runs.Run) -> tables.Table:
+    rows = [[f.claim, f.source, f.measured, f.holds_when, f.value, f.verdict] for f in findings]
+    kind = run.meta.get("device_kind")
+    notes = [f"run: {run.path}; device: {run.device_name} ({kind or '?'})",
+             "holds / does not hold compare the value with the threshold in `holds when`; an \"about X\" "
+             "claim is given X ± 10%.",
+             "not measurable here: the rows a claim needs did not run or have no denominator (a CPU has "
+             "no datasheet peak; exp utilization needs `mfu ceilings`); off a GPU every claim is."]
+    if kind != "cuda":
+        notes.append("This run is not on a GPU: values show the pipeline working on tiny presets and "
+                     "say nothing about the claims.")
+    return tables.Table(f"Claims on {run.device_name}", HEADERS, rows, notes)
+
+
+def write(run: runs.Run, console: Console) -> list[Path]:
+    """Print the claims table and write claims.md and claims.html into the run directory."""
+    t = table(evaluate(run.rows, run.meta), run)
+    tables.print_console([t], console)
+    md, page = run.path / "claims.md", run.path / "claims.html"
+    md.write_text(tables.markdown([t], level=1))
+    page.write_text(_html(t))
+    console.print(f"claims: {md}, {page}")
+    return [md, page]
+
+
+def _html(t: tables.Table) -> str:
+    from harness.report import STYLE
+
+    return "\n".join([f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(t.title)}</title>",
+                      f"<style>{STYLE}</style></head><body>", tables.to_html([t], level=1), "</body></html>"])
