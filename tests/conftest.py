@@ -17,6 +17,13 @@ import pytest  # noqa: E402
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+@pytest.fixture(autouse=True)
+def own_mfu_home(tmp_path, monkeypatch):
+    """Each test (and every `mfu` process it starts) gets its own stored ceilings: one test's quick,
+    noisy ceiling must never become another test's denominator."""
+    monkeypatch.setenv("MFU_HOME", str(tmp_path / "mfu-home"))
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
 
