@@ -1,12 +1,17 @@
 """The block workload: hand-computed formulas, suite validation and presets, the training step's
 forward and backward, the decode step's use of its KV cache, and each backend against the reference."""
 
+import contextlib
+import gc
 import re
+import weakref
 
 import pytest
 import torch
 
 from harness import backends, config
+from harness.backends import block as block_backends
+from harness.workloads import block as block_workload
 from harness.device import DeviceFacts, detect
 from harness.dtypes import DTYPES
 from harness.workloads.block import (BLOCK, Ops, causal_attend, expert_groups, expert_loop, forward, rope_tables,
@@ -232,10 +237,77 @@ def test_cuda_graph_needs_a_gpu():
         assert "CUDA GPU" in backends.get("block", name).unsupported(p, DTYPES["fp32"], CPU)
 
 
+@pytest.fixture
+def cpu_stand_ins_for_cuda_graphs(monkeypatch):
+    """torch.cuda's stream and graph API as no-ops, so build() runs its graph path on a CPU. A real
+    graph keeps no tensor alive either: only what the returned closure holds survives."""
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    class Graph:
+        def replay(self):
+            pass
+    for name, value in (("Stream", Stream), ("current_stream", Stream), ("CUDAGraph", Graph),
+                        ("stream", lambda s: contextlib.nullcontext()),
+                        ("graph", lambda g: contextlib.nullcontext())):
+        monkeypatch.setattr(torch.cuda, name, value)
+
+
+@pytest.mark.parametrize("name", ["eager", "kernels"])
+def test_the_graphed_step_keeps_alive_what_the_graph_reads(name, cpu_stand_ins_for_cuda_graphs, monkeypatch):
+    """The regression of the first H200 run: the replay closure dropped the step, so the module's RoPE
+    tables and the expert loop's index tensors went back to the allocator while the graph still read
+    them; once the reference check reused that memory, a replay's index_select read garbage ids."""
+    p = block(**{**TINY_MOE, "routing": "balanced"}, phase="decode", batch=3, seq_kv=6, cuda_graph=True)
+    watched = []
+    make_module, make_groups = block_backends._module, block_workload.expert_groups
+
+    def module(*args):
+        m = make_module(*args)
+        watched.extend(weakref.ref(t) for t in (m, m.cos, m.sin))
+        return m
+
+    def groups(*args):
+        g = make_groups(*args)
+        watched.extend(weakref.ref(t) for _, rows, pairs in g for t in (rows, pairs))
+        return g
+    monkeypatch.setattr(block_backends, "_module", module)
+    monkeypatch.setattr(block_workload, "expert_groups", groups)
+    inputs = BLOCK.make_inputs(p, DTYPES["fp32"], "cpu", torch.Generator().manual_seed(0))
+    replay = backends.get("block", name).build(inputs, p, DTYPES["fp32"])
+    gc.collect()
+    assert len(watched) == (3 + 2 * 4 if name == "eager" else 3)  # balanced: 3 tokens x 2 slots reach all 4 experts
+    assert all(ref() is not None for ref in watched)
+    assert replay() is inputs["out"]
+    del replay
+    gc.collect()
+    assert all(ref() is None for ref in watched)  # held by the closure, not leaked elsewhere
+
+
+def _overwrite_freed_small_blocks_with_zeros() -> list:
+    """Hand every free block of the caching allocator's small pool (this stream's) to a new zeroed
+    tensor: a graph that still reads a freed buffer now reads zeros: RoPE tables of 0 (so q = k = 0),
+    expert ids of 0, a stale output. Returns the tensors, which must stay alive while the test runs."""
+    gc.collect()
+    stream = torch.cuda.current_stream().cuda_stream
+    sizes = [b["size"] for seg in torch.cuda.memory_snapshot()
+             if seg["segment_type"] == "small" and seg["stream"] == stream
+             for b in seg["blocks"] if b["state"] == "inactive"]
+    return [torch.zeros(n, dtype=torch.uint8, device="cuda") for n in sorted(sizes, reverse=True)]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["eager", "compiled", "kernels"])
 @pytest.mark.parametrize("graph", [False, True])
 def test_gpu_decode_in_bf16_with_and_without_graphs(name, graph):
+    """The checked call, then the timed calls' situation: the check's allocations come and go, freed
+    memory is reused, and a replay must still compute the block (mixtral-style routing: 8 pairs)."""
     p = block(**TINY_MOE, phase="decode", batch=4, seq_kv=300, cuda_graph=graph)
     inputs, step = build(name, p, "bf16")
     assert BLOCK.check(inputs, step(), p, DTYPES["bf16"]) is None
+    zeros = _overwrite_freed_small_blocks_with_zeros()
+    out = step()
+    torch.cuda.synchronize()  # a device-side assert surfaces here
+    assert BLOCK.check(inputs, out, p, DTYPES["bf16"]) is None
+    del zeros

@@ -20,7 +20,10 @@ All three run harness/workloads/block.py's `forward`, so they differ only where 
 
 `cuda_graph: true` (decode on a GPU): build() runs the step twice (compilation, autotuning,
 allocations), captures it into a CUDA graph, poisons `out` again, and the closure replays the
-graph: the checked call is a replay.
+graph: the checked call is a replay. The closure holds the step (module, routing indices, kernel
+buffers): the graph replays their addresses but keeps none of them alive. The graph freezes the
+realized routing, as every call of the step does anyway: its expert groups are built from the case's
+parameters in build(), so no tensor shape in the step depends on data.
 
 Train steps: the closure sets every gradient (weights and the block's input) to None, runs the
 forward and `y.backward(dy)`, and copies y into the workload's poisoned `out` (B·S·H elements,
@@ -102,11 +105,26 @@ def _graphed(step, out: torch.Tensor):
     with torch.cuda.graph(graph):
         step()
     out.fill_(float("nan"))  # the warm-up calls wrote it: the checked replay must write it again
+    return _Replay(graph, step, out)
 
-    def replay():
-        graph.replay()
-        return out
-    return replay
+
+class _Replay:
+    """Replays a captured step, and keeps the step alive for as long as the graph may be replayed.
+
+    A CUDA graph reads and writes the raw addresses it was captured with and holds no reference to
+    any tensor. Everything the captured kernels touch outside the graph's own pool belongs to the
+    step: the module's RoPE tables, the MoE loop's expert index tensors, our kernels' staging and
+    routing buffers. Dropped, they go back to the caching allocator, and the next allocations
+    (the reference check's, first of all) overwrite them while replays still read them. The first
+    H200 run fits this: the mixtral decode block passed its checked replay, then an index_select
+    of the expert loop read an out-of-range id (a device-side assert)."""
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, step, out: torch.Tensor):
+        self.graph, self.step, self.out = graph, step, out
+
+    def __call__(self) -> torch.Tensor:
+        self.graph.replay()
+        return self.out
 
 
 def _unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
