@@ -181,8 +181,9 @@ def _command(args, console) -> int:
     try:
         result = measure(kind, facts, budget, log=console.print)
     except Exception as exc:  # nothing was written: the stored ceilings stay as they were
-        console.print(f"[red]{escape(f'ceilings not measured ({type(exc).__name__}: {exc}); the stored '
-                                     f'ceilings ({path_for(facts.key)}) are unchanged')}[/]")
+        text = (f"ceilings not measured ({type(exc).__name__}: {exc}); the stored ceilings "
+                f"({path_for(facts.key)}) are unchanged")
+        console.print(f"[red]{escape(text)}[/]")
         return 1
     for path in save(result, args.out):
         console.print(f"written: {path}")
