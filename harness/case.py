@@ -3,7 +3,8 @@
 Per case: a `skipped` row when the backend cannot run it or it would not fit in free memory;
 otherwise fresh inputs, one call checked against the reference (`mismatch` on failure, never
 timed), then timing under the telemetry sampler, and metrics (`suspect` only when impossible:
-above the datasheet, or shorter than a launch). Any exception becomes an `error` row; the caller's run goes on.
+above the datasheet, or shorter than a launch). Any exception becomes an `error` row; the
+caller's run goes on.
 """
 
 from __future__ import annotations

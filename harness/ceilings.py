@@ -95,7 +95,7 @@ def rerate(rows: list[dict], ctx, run_path: Path) -> list[dict]:
     `new_best`."""
     stored = load(ctx.facts) if ctx.ceilings else None
     if stored:
-        news = _raise_records(stored, rows, str(run_path))
+        news = _raise_records(stored, rows, str(Path(run_path).resolve()))
         if news:
             save(stored)
             ctx.ceilings.clear()
