@@ -2,8 +2,9 @@
 
 Per case: a `skipped` row when the backend cannot run it or it would not fit in free memory;
 otherwise fresh inputs, one call checked against the reference (`mismatch` on failure, never
-timed), then timing under the telemetry sampler, and metrics (`suspect` when above a physical
-limit or a measured ceiling). Any exception becomes an `error` row; the caller's run goes on.
+timed), then timing under the telemetry sampler, and metrics (`suspect` only when impossible:
+above the datasheet, or shorter than a launch). Any exception becomes an `error` row; the
+caller's run goes on.
 """
 
 from __future__ import annotations
@@ -101,15 +102,18 @@ def run_case(case: Case, ctx: Context) -> tuple[dict, list[float]]:
 
 
 def finish_row(row: dict, samples_ms: list[float], case: Case, ctx: Context) -> dict:
-    """Statistics, metrics and the sanity verdict for a row, from its samples."""
+    """Statistics, metrics, clock columns and the sanity verdict for a row, from its samples."""
     s = stats.summarize(samples_ms)
     wl, dtype = workloads.REGISTRY[case.workload], DTYPES[case.dtype]
     exps = wl.exps(case.p) if hasattr(wl, "exps") else None
     row = {**row, "time_ms": s.median, "time_ms_q1": s.q1, "time_ms_q3": s.q3, "samples": s.n,
            "noise": s.rel_ci if math.isfinite(s.rel_ci) else None,
+           **({"exps": exps} if exps else {}),
            **metrics.achieved(row["flops"], row["bytes"], s.median, ctx.spec, dtype.peak_key,
                               ctx.ceilings, exps)}
-    suspect = metrics.sanity(row, ctx.spec)
+    row.update(metrics.clock_columns(row, ctx.spec, ctx.facts, dtype.peak_key))
+    suspect = metrics.sanity(row, ctx.spec, peak_key=dtype.peak_key, facts=ctx.facts,
+                             floor=metrics.launch_floor_ms(ctx.ceilings, ctx.device))
     if suspect:
         return {**row, "status": "suspect", "reason": suspect}
     return {**row, "status": "ok", "reason": _noise_note(s, ctx.timer.settings.rel_ci)}

@@ -1,40 +1,30 @@
-"""`mfu ceilings`: measure what this device really reaches, beside what its datasheet promises.
+"""Measured ceilings: what this device really reaches, stored per device, and kept as records.
 
-- matmul: per dtype, a time-boxed sweep of GEMM shapes through the `torch` backend (the vendor
-  library), squares first, then seeded random shapes in multiples of 256, as a
-  maximum-achievable-matmul finder does. The best shape and its TFLOPS are kept. The first shape
-  of each dtype is checked against the reference like any case.
-- memory: a copy and a triad through torch, and our SM-driven Triton copy, over buffers far
-  larger than the last-level cache. Bytes count reads plus writes (copy 2·N·s, triad 3·N·s).
-- exp: exp2 results per second from a Triton chain of dependent exp2s (kernels/probes.py), beside
-  the derivation SMs × clock × 16 per clock per SM. On a CPU, torch.exp2 over a cache-sized buffer.
+`mfu ceilings` measures them (harness/sweep.py) and stores the result per device (GPU UUID, or host
+for a CPU) under $MFU_HOME/ceilings/ (default ~/.cache/mfu-harness), written atomically only
+after everything was measured, so a failed measurement leaves the stored file as it was. Later
+runs on that device report `mfu_ceiling`, `mbu_ceiling` and `exp_util` against them.
 
-The result is stored per device (GPU UUID, or host for a CPU) under $MFU_HOME/ceilings/ (default
-~/.cache/mfu-harness); later runs on that device pick it up for `mfu_ceiling` and `mbu_ceiling`.
+A ceiling is the best seen so far, not a wall: `rerate` ends every run by raising each ceiling
+that a case of the run beat (status ok, within the datasheet), storing the case as its source, and
+rating every row of the run against the ceilings as they now stand.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import re
-import time
+import tempfile
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 
-from harness import backends, environment, memory
+from harness import environment, metrics
 from harness.device import DeviceFacts
 from harness.dtypes import DTYPES
-from harness.timing import Timer, TimingSettings
-from harness.workloads.gemm import GEMM
-
-MATMUL_DTYPES = {"cuda": ("bf16", "fp16", "fp8", "int8", "tf32", "fp32"), "cpu": ("fp32", "bf16")}
-SQUARES = {"cuda": (8192, 4096, 6144, 12288, 16384), "cpu": (512, 1024, 256)}
-RANDOM_RANGE = {"cuda": (4, 64), "cpu": (1, 6)}  # multiples of 256
-COPY_ELEMENTS = {"cuda": 1 << 28, "cpu": 1 << 25}  # 1 GiB and 128 MiB of fp32 per buffer
-SETTINGS = TimingSettings(warmup_ms=5, min_samples=5, max_time_s=0.2, rel_ci=0.02, l2_flush=False)
+from harness.sweep import DEFAULT_BUDGET_S, measure  # noqa: F401  (measure: `mfu claims` calls it here)
 
 
 def home() -> Path:
@@ -55,11 +45,26 @@ def load(facts: DeviceFacts) -> dict | None:
 
 
 def save(result: dict, extra: Path | None = None) -> list[Path]:
-    paths = [path_for(result["key"])] + ([extra] if extra else [])
+    """Write the device's store (and `extra`) atomically: a reader sees the old file or the new one."""
+    text = json.dumps(result, indent=2) + "\n"  # serialised first: a failure here writes nothing
+    paths = [path_for(result["key"])] + ([Path(extra)] if extra else [])
     for p in paths:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(result, indent=2) + "\n")
+        _write_atomic(p, text)
     return paths
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def summary(result: dict | None) -> dict | None:
@@ -70,114 +75,84 @@ def summary(result: dict | None) -> dict | None:
         "matmul_tflops": {d: m["tflops"] for d, m in result["matmul"].items() if "tflops" in m},
         "bandwidth_gbps": result["memory"].get("best_gbps"),
         "exp_per_s": result["exp"].get("exp2_per_s"),
+        "launch_ms": (result.get("launch") or {}).get("fastest_ms"),
         "measured": result["measured"],
         "path": str(path_for(result["key"])),
     }
 
 
-def measure(kind: str, facts: DeviceFacts, budget_s: float, log=print) -> dict:
-    timer = Timer(kind, SETTINGS, None)
-    dtypes = MATMUL_DTYPES[kind]
-    result = {"key": facts.key, "device": facts.to_dict(), "measured": environment.now(),
-              "software": environment.software(), "budget_s": budget_s, "matmul": {}}
-    for dtype in dtypes:
-        result["matmul"][dtype] = _matmul(kind, facts, dtype, timer, 0.8 * budget_s / len(dtypes), log)
-    result["memory"] = _memory(kind, timer, log)
-    result["exp"] = _exp(kind, facts, timer, log)
-    return result
+# ------------------------------------------------------------------------ records raised by runs
 
 
-def _shapes(kind: str):
-    """Squares first, then seeded random shapes: the same sequence on every run of a device kind."""
-    for s in SQUARES[kind]:
-        yield s, s, s
-    rng = random.Random(0)
-    lo, hi = RANDOM_RANGE[kind]
-    while True:
-        yield tuple(256 * rng.randint(lo, hi) for _ in range(3))
+def rerate(rows: list[dict], ctx, run_path: Path) -> list[dict]:
+    """The authoritative end of a run: raise the stored ceilings its cases beat, then re-rate rows.
+
+    Every ceiling (matmul per peak key, bandwidth, exp rate) that an `ok` row within the datasheet
+    beat is raised to that row, with the row as its source, and saved. ctx.ceilings is updated in
+    place (meta.json records it), and every timed row gets mfu_ceiling, mbu_ceiling, exp_util and
+    limit against the ceilings as they now stand, plus its clock columns (peak_clock_mhz,
+    mfu_at_clock, throttled) from its final telemetry. The rows that set a record say so in
+    `new_best`."""
+    stored = load(ctx.facts) if ctx.ceilings else None
+    if stored:
+        news = _raise_records(stored, rows, str(Path(run_path).resolve()))
+        if news:
+            save(stored)
+            ctx.ceilings.clear()
+            ctx.ceilings.update(summary(stored))
+    return [_rated(row, ctx) for row in rows]
 
 
-def _matmul(kind, facts, dtype_name, timer, box_s, log) -> dict:
-    backend, dtype = backends.get("gemm", "torch"), DTYPES[dtype_name]
-    reason = backend.unsupported({"m": 4096, "n": 4096, "k": 4096}, dtype, facts)
-    if reason:
-        log(f"matmul {dtype_name}: skipped ({reason})")
-        return {"skipped": reason}
-    best, tried, deadline = None, 0, time.perf_counter() + box_s
-    gen = torch.Generator(device=kind).manual_seed(0)
-    for m, n, k in _shapes(kind):
-        if time.perf_counter() > deadline:
-            break
-        p = {"m": m, "n": n, "k": k}
-        if memory.shortfall(GEMM.memory_bytes(p, dtype), kind):
-            continue
-        inputs = GEMM.make_inputs(p, dtype, kind, gen)
-        fn = backend.build(inputs, p, dtype)
-        if tried == 0:
-            problem = GEMM.check(inputs, fn(), p, dtype)
-            if problem:
-                return {"skipped": f"torch {dtype_name} GEMM fails its check: {problem}"}
-        ms = timer.measure(fn).summary.median
-        tried += 1
-        tflops = GEMM.flops(p) / ms / 1e9
-        if best is None or tflops > best["tflops"]:
-            best = {"tflops": tflops, "shape": [m, n, k], "time_ms": ms}
-        del inputs, fn
-    torch.set_float32_matmul_precision("highest")  # the tf32 build changes it; later dtypes need fp32
-    if best is None:
-        return {"skipped": "no shape fitted in memory within the time box"}
-    log(f"matmul {dtype_name}: {best['tflops']:.1f} TFLOPS at {'x'.join(map(str, best['shape']))} "
-        f"(best of {tried} shapes)")
-    return {**best, "shapes_tried": tried}
+def _rated(row: dict, ctx) -> dict:
+    if row.get("time_ms") is None or row.get("tflops") is None:
+        return row
+    peak_key = DTYPES[row["dtype"]].peak_key
+    return {**row, **metrics.against_ceilings(row, row["time_ms"], peak_key, ctx.ceilings, row.get("exps")),
+            **metrics.clock_columns(row, ctx.spec, ctx.facts, peak_key)}
 
 
-def _memory(kind, timer, log) -> dict:
-    n = COPY_ELEMENTS[kind]
-    a, b, c = (torch.rand(n, device=kind) for _ in range(3))
-    runs = {
-        "torch-copy": (lambda: a.copy_(b), 2 * n * 4),
-        "torch-triad": (lambda: torch.add(b, c, alpha=2.0, out=a), 3 * n * 4),
-    }
-    found: dict = {}
-    if kind == "cuda":
-        from kernels import probes
+def _raise_records(stored: dict, rows: list[dict], run: str) -> list[dict]:
+    """Raise `stored` in place to every record the rows set; mark those rows. Returns the rows."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("time_ms")]
+    within_peak = [r for r in ok if r.get("mfu") is None or r["mfu"] <= 1]
+    within_bandwidth = [r for r in ok if r.get("mbu") is None or r["mbu"] <= 1]
+    setters = []
 
-        runs["triton-copy"] = (probes.copy_launcher(b, a), 2 * n * 4)
-    else:
-        found["triton-copy"] = {"skipped": "Triton needs a GPU (the interpreter would measure numpy)"}
-    for name, (fn, nbytes) in runs.items():
-        ms = timer.measure(fn).summary.median
-        found[name] = {"gbps": nbytes / ms / 1e6, "bytes": nbytes, "time_ms": ms}
-        log(f"memory {name}: {found[name]['gbps']:.0f} GB/s")
-    best = max((k for k in found if "gbps" in found[k]), key=lambda k: found[k]["gbps"])
-    return {**found, "best": best, "best_gbps": found[best]["gbps"]}
+    def source(r):
+        return {"case_id": r["case_id"], "backend": r.get("backend"), "run": run, "time": environment.now()}
+
+    for key, entry in stored["matmul"].items():
+        mine = [r for r in within_peak if DTYPES[r["dtype"]].peak_key == key and r.get("tflops")]
+        best = max(mine, key=lambda r: r["tflops"], default=None)
+        if "tflops" in entry and best and best["tflops"] > entry["tflops"]:
+            stored["matmul"][key] = {"tflops": best["tflops"], "time_ms": best["time_ms"], "source": source(best),
+                                     "replaced": {k: v for k, v in entry.items() if k not in ("replaced", "tried")}}
+            setters.append(_mark(best, f"{key} matmul ceiling", entry["tflops"], best["tflops"], "TFLOPS"))
+
+    mem = stored["memory"]
+    best = max((r for r in within_bandwidth if r.get("gbps")), key=lambda r: r["gbps"], default=None)
+    if mem.get("best_gbps") and best and best["gbps"] > mem["best_gbps"]:
+        setters.append(_mark(best, "bandwidth ceiling", mem["best_gbps"], best["gbps"], "GB/s"))
+        mem["replaced"] = {"best": mem["best"], "best_gbps": mem["best_gbps"]}
+        mem.update(best="run", best_gbps=best["gbps"], source=source(best))
+
+    exp = stored["exp"]
+    rates = [(metrics.exp_rate(r.get("exps"), r["time_ms"]), r) for r in ok if r.get("exps")]
+    rate, best = max(rates, key=lambda x: x[0], default=(None, None))
+    if exp.get("exp2_per_s") and rate and rate > exp["exp2_per_s"]:
+        setters.append(_mark(best, "exp ceiling", exp["exp2_per_s"] / 1e12, rate / 1e12, "T exp/s"))
+        exp.update(replaced={"exp2_per_s": exp["exp2_per_s"], "source": exp.get("source")},
+                   exp2_per_s=rate, source=source(best))
+    return setters
 
 
-def _exp(kind, facts, timer, log) -> dict:
-    if kind == "cuda":
-        from kernels import probes
+def _mark(row: dict, what: str, old: float, new: float, unit: str) -> dict:
+    note = f"new best {what}: {old:.4g} -> {new:.4g} {unit}"
+    row["new_best"] = f"{row['new_best']}; {note}" if row.get("new_best") else note
+    return row
 
-        x = -torch.rand((facts.sm_count or 100) * 8192, device=kind)
-        launch, exps = probes.exp2_launcher(x)
-        rate = exps / (timer.measure(launch).summary.median / 1e3)
-        derived = None
-        if facts.sm_count and facts.max_sm_clock_mhz and facts.vendor == "nvidia":
-            derived = facts.sm_count * facts.max_sm_clock_mhz * 1e6 * probes.SFU_EXP2_PER_CLOCK_PER_SM
-        found = {"exp2_per_s": rate, "source": "Triton chain of dependent exp2 (kernels/probes.py)",
-                 "derived_per_s": derived,
-                 "derivation": (f"{facts.sm_count} SMs x {facts.max_sm_clock_mhz} MHz x "
-                                f"{probes.SFU_EXP2_PER_CLOCK_PER_SM} exp2/clock/SM") if derived else None}
-    else:
-        x = torch.rand(1 << 20)
-        y = torch.empty_like(x)
-        rate = x.numel() / (timer.measure(lambda: torch.exp2(x, out=y)).summary.median / 1e3)
-        found = {"exp2_per_s": rate, "source": "torch.exp2 over 4 MiB (CPU)", "derived_per_s": None,
-                 "derivation": None}
-    line = f"exp2: {rate / 1e12:.3f} T/s"
-    if found["derived_per_s"]:
-        line += f" (derived {found['derived_per_s'] / 1e12:.3f} T/s: {found['derivation']})"
-    log(line)
-    return found
+
+# ------------------------------------------------------------------------------------ command
 
 
 def add_command(sub) -> None:
@@ -185,7 +160,9 @@ def add_command(sub) -> None:
     cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     cmd.add_argument("--out", type=Path, help="also write the result to FILE (it is always stored per device)")
     cmd.add_argument("--budget-s", type=float, default=None,
-                     help="time for the matmul sweeps (default: 150 on a GPU, 20 on a CPU)")
+                     help=f"time for the matmul sweeps, shared equally by the dtypes (default: "
+                          f"{DEFAULT_BUDGET_S['cuda']:.0f} on a GPU, {DEFAULT_BUDGET_S['cpu']:.0f} on a CPU; "
+                          "300 finds the bf16 best more surely)")
     cmd.set_defaults(command=_command)
 
 
@@ -196,10 +173,18 @@ def _command(args, console) -> int:
     kind = args.device or device.default_device()
     if kind == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA GPU is visible to torch")
+    if args.budget_s is not None and not args.budget_s > 0:
+        raise UsageError(f"--budget-s: must be above 0 (got {args.budget_s:g})")
     facts = device.detect(kind)
-    budget = args.budget_s if args.budget_s is not None else (150.0 if kind == "cuda" else 20.0)
+    budget = args.budget_s if args.budget_s is not None else DEFAULT_BUDGET_S[kind]
     console.print(f"measuring ceilings of {facts.name} ({kind}), about {budget:.0f} s of matmul sweeps")
-    result = measure(kind, facts, budget, log=console.print)
+    try:
+        result = measure(kind, facts, budget, log=console.print)
+    except Exception as exc:  # nothing was written: the stored ceilings stay as they were
+        text = (f"ceilings not measured ({type(exc).__name__}: {exc}); the stored ceilings "
+                f"({path_for(facts.key)}) are unchanged")
+        console.print(f"[red]{escape(text)}[/]")
+        return 1
     for path in save(result, args.out):
         console.print(f"written: {path}")
     return 0

@@ -19,7 +19,8 @@ LEAD = ["case_id", "workload", "backend", "dtype"]
 MEASURED = ["status", "reason", "flops", "bytes", "time_ms", "time_ms_q1", "time_ms_q3", "samples",
             "tflops", "gbps", "mfu", "mbu", "intensity", "bound", "roofline", "device"]
 EXTRA = ["roofline_ms", "noise", "peak_source", "mfu_ceiling", "mbu_ceiling", "exp_util", "limit",
-         "sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c", "energy_j", "throttle"]
+         "sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c", "energy_j", "throttle",
+         "mfu_at_clock", "peak_clock_mhz", "throttled"]
 FAILED = ("error", "mismatch", "suspect")  # statuses that make `mfu run` exit 1
 
 

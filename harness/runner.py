@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from harness import environment, report, summary, workloads
+from harness import ceilings, environment, report, summary, workloads
 from harness.case import Context, context, finish_row, run_case
 from harness.config import Case, Suite
 from harness.results import FAILED, RunDir
@@ -93,7 +93,7 @@ def _final_rows(suite: Suite, run_dir: RunDir, ctx: Context) -> list[dict]:
     for case_id, passes in by_case.items():
         rows.append(passes[0] if len(passes) == 1 else _pool(passes, samples.get(case_id), cases[case_id], ctx))
     order = {c.case_id: i for i, c in enumerate(suite.cases)}
-    return sorted(rows, key=lambda r: order.get(r["case_id"], len(order)))
+    return ceilings.rerate(sorted(rows, key=lambda r: order.get(r["case_id"], len(order))), ctx, run_dir.path)
 
 
 def _pool(passes: list[dict], samples: list[float] | None, case: Case, ctx: Context) -> dict:

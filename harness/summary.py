@@ -15,11 +15,11 @@ from rich.table import Table
 from harness import workloads
 
 NUMBERS = [("time_ms", "ms", "{:.4g}"), ("tflops", "TFLOPS", "{:.4g}"), ("gbps", "GB/s", "{:.4g}"),
-           ("mfu", "MFU", "{:.1%}"), ("mbu", "MBU", "{:.1%}"), ("mfu_ceiling", "MFU/ceil", "{:.1%}"),
+           ("mfu", "MFU", "{:.1%}"), ("mfu_at_clock", "MFU@clock", "{:.1%}"), ("mbu", "MBU", "{:.1%}"), ("mfu_ceiling", "MFU/ceil", "{:.1%}"),
            ("mbu_ceiling", "MBU/ceil", "{:.1%}"), ("exp_util", "exp util", "{:.1%}"), ("limit", "limit", "{}"),
            ("bound", "bound", "{}"), ("roofline", "roofline", "{:.1%}"), ("noise", "±", "{:.1%}"),
            ("drift", "drift", "{:.1%}"), ("sm_clock_mhz", "SM MHz", "{:.0f}"), ("power_w", "W", "{:.0f}"),
-           ("throttle", "throttle", "{}")]
+           ("throttled", "throttled", "{}")]
 
 
 def table(rows: list[dict], workload: str, notes: bool = True) -> tuple[list[str], list[list[str]]]:
@@ -52,6 +52,8 @@ def _versus_baseline(rows: list[dict], baseline: str | None) -> dict[str, float]
 
 
 def fmt(value, pattern: str) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else ""
     return "" if value is None or value == "" else pattern.format(value)
 
 
@@ -87,8 +89,8 @@ def _ceilings_line(ceilings: dict | None) -> str:
 
 
 CALLOUTS = [
-    ("Measured while the GPU throttled (a low MFU here is the card's, not the kernel's)",
-     lambda r: r["status"] == "ok" and r.get("throttle"), lambda r: r["throttle"]),
+    ("New best: a case beat a stored ceiling, which now stands at its rate (the rows are rated against it)",
+     lambda r: r.get("new_best"), lambda r: r["new_best"]),
     ("Suspect: above a physical limit, so no number is reported",
      lambda r: r["status"] == "suspect", lambda r: r["reason"]),
     ("Noisy: the median's confidence interval stayed wider than rel_ci",
@@ -97,6 +99,7 @@ CALLOUTS = [
      lambda r: r.get("drift") is not None and r.get("noise") is not None and r["drift"] > 2 * r["noise"],
      lambda r: f"drift {r['drift']:.1%}, noise ±{r['noise']:.1%}"),
 ]
+WORST_THROTTLED = 5  # the call-out names this many throttled cases, lowest clock first, and counts the rest
 
 
 def callouts(rows: list[dict]) -> list[str]:
@@ -106,7 +109,43 @@ def callouts(rows: list[dict]) -> list[str]:
         chosen = [r for r in rows if picks(r)]
         if chosen:
             lines += [f"**{title}:**", ""] + [f"- `{r['case_id']}`: {says(r)}" for r in chosen] + [""]
+    return lines + _throttled(rows)
+
+
+def _throttled(rows: list[dict]) -> list[str]:
+    """The worst throttled cases, and counts for the rest and for the power cap that cost nothing."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    hit = sorted((r for r in ok if r.get("throttled")), key=_clock_share)
+    capped = [r for r in ok if not r.get("throttled") and "sw_power_cap" in (r.get("throttle") or "")]
+    lines = []
+    if hit:
+        lines += ["**Throttled: the clock fell more than 10% under the one the peak assumes, or a thermal "
+                  "or hardware slowdown acted (MFU@clock is the share of the chip at the clock it ran):**", ""]
+        lines += [f"- `{r['case_id']}`: {_throttle_says(r)}" for r in hit[:WORST_THROTTLED]]
+        if len(hit) > WORST_THROTTLED:
+            lines.append(f"- and {len(hit) - WORST_THROTTLED} more (the `throttled` column)")
+        lines.append("")
+    if capped:
+        lines += [f"{len(capped)} more case(s) ran at the power cap (sw_power_cap) with their clock within 10% "
+                  "of the peak's: normal under dense GEMMs, not called throttled.", ""]
     return lines
+
+
+def _clock_share(r: dict) -> float:
+    clock, ref = r.get("sm_clock_mhz"), r.get("peak_clock_mhz")
+    return clock / ref if clock and ref else 1.0
+
+
+def _throttle_says(r: dict) -> str:
+    parts = []
+    if r.get("sm_clock_mhz") and r.get("peak_clock_mhz"):
+        parts.append(f"SM clock {r['sm_clock_mhz']:.0f} MHz, {_clock_share(r):.0%} of the peak's "
+                     f"{r['peak_clock_mhz']:.0f} MHz")
+    if r.get("mfu") is not None and r.get("mfu_at_clock") is not None:
+        parts.append(f"MFU {r['mfu']:.1%}, {r['mfu_at_clock']:.1%} at that clock")
+    if r.get("throttle"):
+        parts.append(f"reasons: {r['throttle']}")
+    return "; ".join(parts) or "throttled"
 
 
 def print_console(rows: list[dict], console: Console) -> None:

@@ -1,8 +1,9 @@
-"""The NVML sampler, driven by a fake pynvml: columns, throttle reasons, low clocks, energy."""
+"""The NVML sampler, driven by a fake pynvml: columns, raw throttle reasons, energy; and the
+throttle verdict and mfu_at_clock built on them."""
 
 import pytest
 
-from harness import nvml, telemetry
+from harness import metrics, nvml, specs, telemetry
 from harness.device import DeviceFacts
 
 
@@ -41,8 +42,8 @@ def fake(monkeypatch):
     return install
 
 
-def sample(max_clock=1980):
-    s = telemetry.Sampler("handle", max_clock)
+def sample():
+    s = telemetry.Sampler("handle")
     with s:
         pass
     return s.columns()
@@ -63,10 +64,48 @@ def test_throttle_reasons_are_named(fake):
     assert sample()["throttle"] == "sw_power_cap,hw_thermal,hw_power_brake"
 
 
-def test_a_low_sm_clock_is_marked(fake):
-    fake(sm=1600)  # 81% of 1980
-    assert sample()["throttle"] == "sm_clock<90%"
-    assert sample(max_clock=None)["throttle"] == ""  # without a known maximum nothing is claimed
+def test_the_raw_column_keeps_reasons_only(fake):
+    fake(sm=1600, reasons=0x4)  # 81% of 1980, at the power cap
+    assert sample()["throttle"] == "sw_power_cap"  # the clock goes to the verdict, not the raw column
+
+
+H100 = specs.lookup("h100-sxm")
+FACTS = DeviceFacts(kind="cuda", name="NVIDIA H100 80GB HBM3", vendor="nvidia", compute_capability=(9, 0),
+                    sm_count=132, max_sm_clock_mhz=1980)
+PEAK_CLOCK = 989.5e6 / (132 * 4096)  # 1830 MHz: the clock the bf16 datasheet peak assumes
+
+
+def verdict(fake, sm, reasons, mfu=0.6):
+    fake(sm=sm, reasons=reasons)
+    row = {"mfu": mfu, **sample()}
+    return metrics.clock_columns(row, H100, FACTS, "bf16")
+
+
+@pytest.mark.parametrize("sm, reasons, throttled", [
+    (1980, 0x4, False),        # the power cap at full clock: how a busy H200 runs
+    (1700, 0x4, False),        # the cap trimmed the clock to 93% of the peak's: not enough to matter
+    (1600, 0x4, True),         # 87%: more than 10% under
+    (1980, 0x0, False),
+    (1980, 0x40, True),        # a thermal slowdown counts even at full clock
+    (1980, 0x8, True),         # hw_slowdown
+    (1980, 0x20, True),        # sw_thermal
+    (1980, 0x80 | 0x4, True),  # hw_power_brake
+])
+def test_throttled_only_when_it_matters(fake, sm, reasons, throttled):
+    assert verdict(fake, sm, reasons)["throttled"] is throttled
+
+
+def test_mfu_at_clock_from_telemetry(fake):
+    cols = verdict(fake, 1500, 0x4, mfu=0.6)
+    assert cols["peak_clock_mhz"] == pytest.approx(PEAK_CLOCK)
+    assert cols["mfu_at_clock"] == pytest.approx(0.6 * PEAK_CLOCK / 1500)  # achieved / (peak x 1500/1830)
+    assert cols["throttled"] is True
+
+
+def test_no_verdict_without_telemetry():
+    assert telemetry.throttled(None, 1830, "") is None
+    assert telemetry.throttled(None, 1830, "hw_thermal") is True
+    assert telemetry.throttled(1500, None, "sw_power_cap") is False  # no reference clock: only reasons decide
 
 
 def test_unanswered_queries_leave_columns_empty(fake):
