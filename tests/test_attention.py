@@ -15,10 +15,12 @@ import torch
 from rich.console import Console
 
 from harness import backends, config, memory, runner
+from harness.check import compare
 from harness.device import DeviceFacts
 from harness.dtypes import DTYPES
 from harness.workloads import attention as attn_module
 from harness.workloads.attention import ATTENTION, attended_pairs, visible
+from harness.workloads.attention import tolerance_for as attention_tolerance
 
 
 def params(**kw):
@@ -214,7 +216,9 @@ def test_backends_run_the_bottom_right_mask(backend, sq, skv):
     out = b.build(x, p, DTYPES["fp32"])()
     if not backend.startswith(("sdpa", "flex")):  # library kernels return their own tensor
         assert out is x["out"]  # written into the poisoned buffer
-    torch.testing.assert_close(out.double(), brute_force(x["q"], x["k"], x["v"], True), rtol=1e-5, atol=1e-5)
+    problem = compare(out.double(), brute_force(x["q"], x["k"], x["v"], True),
+                      attention_tolerance(p, DTYPES["fp32"]), rms_dim=-1)
+    assert problem is None, problem
 
 
 def test_sdpa_backends_without_a_kernel_are_skipped_with_the_reason():

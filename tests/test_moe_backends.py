@@ -12,6 +12,7 @@ from harness import backends, config, runner
 from harness.backends import Backend
 from harness.device import DeviceFacts, detect
 from harness.dtypes import DTYPES
+from harness.backends.moe import FP8_ROWS, _expert_ffn, padded_rows
 from harness.workloads.moe import DENSE, MOE, dense_equivalent_bytes, rows_flops
 
 CPU = DeviceFacts(kind="cpu", name="cpu")
@@ -77,6 +78,32 @@ def test_dense_equivalent_is_checked_as_its_own_problem_and_reports_its_own_byte
 
     row = base_row(Case("moe", DENSE, "fp16", tuple(p.items())), Context("plan", DeviceFacts(kind="plan", name=""), None))
     assert row["bytes"] == dense_bytes
+
+
+@pytest.mark.parametrize("n", [1, 2, 15, 16, 17])
+def test_fp8_row_padding_keeps_the_real_rows_and_their_results(n):
+    # cuBLASLt refuses fp8 GEMMs whose M is not 16-byte aligned (an expert with 2 tokens on the
+    # H200): torch-loop and dense-equivalent gather a padded block and keep its first n rows.
+    tokens = torch.arange(3, 3 + n)
+    rows = padded_rows(tokens, FP8_ROWS)
+    assert len(rows) % FP8_ROWS == 0 and len(rows) - n < FP8_ROWS
+    assert torch.equal(rows[:n], tokens) and set(rows[n:].tolist()) <= set(tokens.tolist())
+    p = moe(tokens=40, hidden=32, intermediate=16)
+    inputs = MOE.make_inputs(p, DTYPES["fp8"], "cpu", torch.Generator().manual_seed(1))
+    ffn = _expert_ffn(inputs, p["intermediate"])
+    padded = ffn(2, inputs["x"].index_select(0, rows))[:n]
+    assert torch.equal(padded, ffn(2, inputs["x"].index_select(0, tokens)))
+    assert torch.equal(padded_rows(tokens, 1), tokens)  # bf16 and fp16 never pad
+
+
+@pytest.mark.parametrize("name", ["torch-loop", DENSE])
+def test_fp8_torch_backends_count_their_padding(name):
+    p = moe(tokens=5, experts=6, top_k=2, routing="balanced")  # 10 pairs: experts of 2, 2, 2, 2, 1, 1
+    problem_text, columns = run_backend(name, p, "fp8")
+    assert problem_text is None
+    rows = 6 * FP8_ROWS if name == "torch-loop" else FP8_ROWS  # each active expert's group, or 10 -> 16
+    assert columns == {"flops_executed": rows_flops(p, rows)}
+    assert run_backend(name, p, "fp16")[1] == {}  # nothing padded, nothing added
 
 
 def gpu(cc, vendor="nvidia"):
@@ -152,6 +179,20 @@ def test_a_tiny_moe_suite_runs_end_to_end(tmp_path, monkeypatch):
     assert int(rows[("dense-equivalent", "fp16")]["bytes"]) < int(rows[("torch-loop", "fp16")]["bytes"])
     summary = (tmp_path / "summary.md").read_text()
     assert "× dense-equivalent" in summary and "experts_active" in summary and "flops_executed" in summary
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["torch-loop", DENSE])
+def test_fp8_torch_backends_at_decode_sizes_on_a_gpu(name):
+    # The H200 run: deepseek-v3 at 64 tokens gives each expert 2 tokens, which cuBLASLt refused
+    # unpadded; dense-equivalent's K = 7168 row was a mismatch under the old elementwise rule.
+    if FACTS.compute_capability < (8, 9):
+        pytest.skip("fp8 needs sm_89 or newer")
+    p = {**MOE.presets["deepseek-v3"]()[0], "tokens": 64, "routing": "balanced", "seed": 0}
+    problem_text, columns = run_backend(name, p, "fp8")
+    assert problem_text is None
+    if name == "torch-loop":  # 2 tokens per expert, padded to 16
+        assert columns["flops_executed"] == 8 * MOE.flops(p)
 
 
 @pytest.mark.gpu

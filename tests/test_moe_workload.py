@@ -162,3 +162,28 @@ def test_fp8_inputs_carry_per_expert_scales_and_the_reference_quantizes_h():
     assert MOE.check(inputs, ref.to(torch.bfloat16), p, FP8) is None
     unquantized = reference({**inputs, "x": inputs["x"].float()}, p)  # the same chain without fp8 h
     assert 0 < (unquantized - ref).abs().max() < 0.2 * ref.abs().max()
+
+
+@pytest.mark.parametrize("skip_last_k_block", [False, True], ids=["hopper-fp8", "skipped-k-block"])
+def test_fp8_dense_equivalent_at_large_k_passes_hopper_rounding_and_fails_a_wrong_k_loop(skip_last_k_block):
+    # The H200 run's `dense-equivalent` fp8 row (K = 7168) was a mismatch under the old elementwise
+    # rule: gate/up from a 13-bit truncating accumulator (promoted to fp32 every 128 K) differs a
+    # little from the fp32 reference, which flips some of h's e4m3 roundings by a whole step.
+    from test_check import reduced_accumulator
+
+    from harness.workloads.moe import DENSE, expert_weights, quantize_h
+
+    p = moe(tokens=8, experts=2, top_k=4, hidden=7168, intermediate=128)
+    inputs = small_inputs(p, FP8)
+    inputs["problem"] = DENSE
+    x = inputs["x"].double().repeat_interleave(p["top_k"], dim=0)
+    w_gate_up, w_down = (w.double() for w in expert_weights(inputs, 0))
+    k = p["hidden"] - (128 if skip_last_k_block else 0)
+    # the per-tensor scale is applied after the fp8 sum, as torch._scaled_mm does
+    gate_up = reduced_accumulator(x[:, :k], inputs["w_gate_up"][0].double().T[:k], 13, 32, 128, truncate=True)
+    gate_up = (gate_up * inputs["w_gate_up_scale"][0].double()).float()
+    i = p["intermediate"]
+    h = quantize_h(torch.nn.functional.silu(gate_up[:, :i]) * gate_up[:, i:]).double()
+    out = (h @ w_down.T).to(torch.bfloat16)
+    problem = MOE.check(inputs, out, p, FP8)
+    assert (problem is not None) == skip_last_k_block, problem

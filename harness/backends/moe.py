@@ -9,6 +9,11 @@ The MoE backends write into the workload's poisoned `out`, so an unwritten token
 fp8 follows the workload's recipe (harness/workloads/moe.py): torch-loop and dense-equivalent
 through torch._scaled_mm with per-tensor scales and an fp32 gate/up output, triton natively;
 torch's fp8 grouped GEMM writes bf16 only, so torch-grouped cannot follow it and skips fp8.
+torch._scaled_mm checks K and N are multiples of 16 (hidden and intermediate here); cuBLASLt's fp8
+kernels also need every matrix dimension 16-byte aligned, so M (an expert's rows) must be a
+multiple of 16 (1 byte per e4m3 element): cuBLASLt refused an expert with 2 tokens on the H200
+(CUBLAS_STATUS_NOT_SUPPORTED). Both fp8 backends pad their row groups to FP8_ROWS with copies of a
+real row, drop the extra output rows, and report the padded rows as `flops_executed`.
 
 `dense-equivalent` is the ceiling: the same useful FLOPs as dense cuBLAS GEMMs of T·k rows against
 expert 0's weights. It computes a different function, so it marks its inputs (problem=DENSE) for
@@ -25,6 +30,8 @@ from harness.backends import Backend, register
 from harness.device import DeviceFacts
 from harness.dtypes import DType
 from harness.workloads.moe import DENSE, dense_equivalent_bytes, quantize_h, rows_flops
+
+FP8_ROWS = 16  # cuBLASLt's fp8 GEMMs need each dimension 16-byte aligned: M a multiple of 16
 
 
 def _grouped_mm():
@@ -65,26 +72,43 @@ def _expert_ffn(inputs: dict, i: int):
     return ffn_fp8
 
 
+def padded_rows(rows: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Row indices padded to a multiple of `multiple` by repeating the first: gathering them gives
+    a block torch._scaled_mm accepts, whose first len(rows) output rows are the real ones."""
+    pad = -len(rows) % multiple
+    return torch.cat([rows, rows[:1].expand(pad)]) if pad else rows
+
+
 def _loop_build(inputs: dict, p: dict, dtype: DType):
     x, out, k = inputs["x"], inputs["out"], p["top_k"]
     ffn = _expert_ffn(inputs, p["intermediate"])
+    multiple = FP8_ROWS if dtype.name == "fp8" else 1
     flat = inputs["topk_ids"].flatten()
     order = torch.argsort(flat, stable=True)
     weights = inputs["topk_weights"].flatten()[order].to(out.dtype)
-    groups = []  # (expert, its tokens, their weights as a column), active experts only
+    groups = []  # (expert, its tokens, the rows to gather (padded), their weights), active experts only
     start = 0
     for e, n in enumerate(torch.bincount(flat, minlength=p["experts"]).tolist()):
         if n:
-            groups.append((e, order[start:start + n] // k, weights[start:start + n, None]))
+            tokens = order[start:start + n] // k
+            groups.append((e, tokens, padded_rows(tokens, multiple), weights[start:start + n, None]))
         start += n
+    inputs["executed_rows"] = sum(len(rows) for _, _, rows, _ in groups)
 
     def run():
         out.zero_()
-        for e, tokens, w in groups:
-            out.index_add_(0, tokens, ffn(e, x.index_select(0, tokens)) * w)
+        for e, tokens, rows, w in groups:
+            out.index_add_(0, tokens, ffn(e, x.index_select(0, rows))[:len(tokens)] * w)
         return out
 
     return run
+
+
+def _executed_columns(inputs: dict, p: dict, dtype: DType) -> dict:
+    """flops_executed where a backend pads its rows (fp8), counting the padding."""
+    if inputs["executed_rows"] == p["tokens"] * p["top_k"]:
+        return {}
+    return {"flops_executed": rows_flops(p, inputs["executed_rows"])}
 
 
 def _grouped_unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
@@ -158,16 +182,25 @@ def _dense_build(inputs: dict, p: dict, dtype: DType):
     x, k = inputs["x"], p["top_k"]
     inputs["problem"] = DENSE  # the workload checks this backend against the dense reference
     ffn = _expert_ffn(inputs, p["intermediate"])
-    rows = x.repeat_interleave(k, dim=0)  # token t on rows t·k … t·k + k - 1
+    pairs = p["tokens"] * k
+    tokens = torch.arange(pairs, device=x.device) // k  # token t on rows t·k … t·k + k - 1
+    rows = x.index_select(0, padded_rows(tokens, FP8_ROWS if dtype.name == "fp8" else 1))
+    inputs["executed_rows"] = rows.shape[0]
     out = torch.full((rows.shape[0], p["hidden"]), float("nan"), dtype=dtype.output, device=x.device)
-    return lambda: ffn(0, rows, out=out)
+    real = out[:pairs]  # the first rows of a contiguous buffer: a contiguous view, no copy
+
+    def run():
+        ffn(0, rows, out=out)
+        return real
+
+    return run
 
 
 register(Backend("moe", "torch-loop", "per-expert gather, matmul and index_add in PyTorch: the naive baseline",
-                 _torch_unsupported, _loop_build))
+                 _torch_unsupported, _loop_build, _executed_columns))
 register(Backend("moe", "torch-grouped", "torch's grouped GEMM (CUTLASS, bf16, sm90/sm100) on expert-sorted rows",
                  _grouped_unsupported, _grouped_build))
 register(Backend("moe", "triton", "ours: kernels/moe.py, sorted and padded blocks, fused gate/up with SiLU·mul",
                  _triton_unsupported, _triton_build, _triton_columns))
 register(Backend("moe", DENSE, "dense cuBLAS GEMMs of T·k rows against one expert: the same useful FLOPs",
-                 _torch_unsupported, _dense_build, bytes=dense_equivalent_bytes))
+                 _torch_unsupported, _dense_build, _executed_columns, bytes=dense_equivalent_bytes))
