@@ -157,7 +157,7 @@ def test_a_tiny_moe_suite_runs_end_to_end(tmp_path, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["torch-loop", "torch-grouped", "triton", DENSE])
 @pytest.mark.parametrize("model", ["deepseek-v3", "qwen3-30b-a3b"])
-def test_bf16_backends_at_preset_shapes_on_a_gpu(name, model):
+def test_bf16_backends_at_preset_shapes_on_a_gpu(name, model, fixed_kernel_configs):
     p = {**MOE.presets[model]()[0], "tokens": 512, "routing": "zipf:1.0", "seed": 0}
     reason = backends.get("moe", name).unsupported(p, DTYPES["bf16"], FACTS)
     if reason:
