@@ -7,14 +7,16 @@ limit, its output logged to DIR/<step>.log:
    suites/check-<device>.yaml, or --suite), with a short timing budget. Every row must be ok or
    skipped; mismatch, error or suspect fails the step.
 2. ceilings: `mfu ceilings` with a sweep that fits the step's limit, written to DIR/ceilings.json
-   as well as the device store, so the next two steps report against it.
+   as well as the device store, so the next two steps report against it. On a CPU only to
+   DIR/ceilings.json (its store is DIR/mfu-home): a one-second CPU sweep is no denominator, and
+   would make the later steps' rows `suspect`.
 3. default: the default suite (`mfu run`) into DIR/default.
 4. claims: the claims suite into DIR/claims (`mfu run` of it), then `mfu claims --from` on that run
    (claims.md, claims.html). On a CPU the suite is the shipped claims-cpu.yaml; on a GPU,
    suites/check-claims-cuda.yaml: the claims suite cut to fit the budget (the full one takes 10-20
    minutes).
 
-Budget: the steps share --budget-s (default 480 s on a GPU, 150 s on a CPU). Each step's limit is
+Budget: the steps share --budget-s (default 480 s on a GPU, 180 s on a CPU). Each step's limit is
 its SHARE of what is left, over the shares of the steps still to run, so time a step leaves
 unused rolls forward. At its limit a step gets SIGINT (the harness then writes what finished) and,
 GRACE_S later, SIGKILL; both go to the child's whole process group.
@@ -45,7 +47,7 @@ from harness import runs, tables
 from harness.claim_rules import evaluate
 
 GRACE_S = 20.0  # after SIGINT: time to write what finished before SIGKILL
-DEFAULT_BUDGET_S = {"cuda": 480.0, "cpu": 150.0}
+DEFAULT_BUDGET_S = {"cuda": 480.0, "cpu": 180.0}
 # The ceilings step's matmul sweep gets its limit less this (start-up, the memory and exp probes).
 CEILINGS_OVERHEAD_S = {"cuda": 35.0, "cpu": 9.0}
 CEILINGS_MAX_SWEEP_S = {"cuda": 150.0, "cpu": 1.0}  # a CPU's ceilings only need to exist
@@ -72,8 +74,8 @@ class Outcome:
 
 @dataclass
 class Step:
-    """One step: its share of the budget, the child command lines (argv after `python -m
-    harness.cli`, given the step's limit) and a reader that turns what it wrote into key numbers
+    """One step: its share of the budget, the child command lines (full argv, given the step's
+    limit; `mfu(...)` builds them) and a reader that turns what it wrote into key numbers
     and whether its results are usable (None: nothing readable)."""
 
     name: str
@@ -81,6 +83,12 @@ class Step:
     commands: Callable[[Plan, float], list[list[str]]]
     read: Callable[[Plan], tuple[str, bool] | None]
     about: str
+    env: Callable[[Plan], dict] = lambda plan: {}  # environment the step's children add
+
+
+def mfu(*args: str) -> list[str]:
+    """The argv of a child `mfu` process, run by this Python with this copy of the harness."""
+    return [sys.executable, "-m", "harness.cli", *args]
 
 
 def shipped(name: str) -> Path:
@@ -90,24 +98,28 @@ def shipped(name: str) -> Path:
 
 def _correctness_commands(plan: Plan, limit_s: float) -> list[list[str]]:
     suite = plan.suite or shipped(f"check-{plan.kind}.yaml")
-    return [["run", str(suite), "--device", plan.kind, "--out", str(plan.out / "correctness")]]
+    return [mfu("run", str(suite), "--device", plan.kind, "--out", str(plan.out / "correctness"))]
 
 
 def _ceilings_commands(plan: Plan, limit_s: float) -> list[list[str]]:
     sweep = min(CEILINGS_MAX_SWEEP_S[plan.kind], max(1.0, limit_s - CEILINGS_OVERHEAD_S[plan.kind]))
-    return [["ceilings", "--device", plan.kind, "--budget-s", f"{sweep:.0f}", "--out",
-             str(plan.out / "ceilings.json")]]
+    return [mfu("ceilings", "--device", plan.kind, "--budget-s", f"{sweep:.0f}", "--out",
+                str(plan.out / "ceilings.json"))]
+
+
+def _ceilings_env(plan: Plan) -> dict:
+    return {"MFU_HOME": str(plan.out / "mfu-home")} if plan.kind == "cpu" else {}
 
 
 def _default_commands(plan: Plan, limit_s: float) -> list[list[str]]:
-    return [["run", "--device", plan.kind, "--out", str(plan.out / "default")]]
+    return [mfu("run", "--device", plan.kind, "--out", str(plan.out / "default"))]
 
 
 def _claims_commands(plan: Plan, limit_s: float) -> list[list[str]]:
     suite = shipped("claims-cpu.yaml" if plan.kind == "cpu" else "check-claims-cuda.yaml")
     run_dir = plan.out / "claims"
-    return [["run", str(suite), "--device", plan.kind, "--out", str(run_dir)],
-            ["claims", "--from", str(run_dir)]]
+    return [mfu("run", str(suite), "--device", plan.kind, "--out", str(run_dir)),
+            mfu("claims", "--from", str(run_dir))]
 
 
 def _load(path: Path) -> runs.Run | None:
@@ -173,7 +185,7 @@ def _read_claims(plan: Plan):
 STEPS = [
     Step("correctness", 0.2, _correctness_commands, _read_correctness,
          "every workload, backend and dtype at small sizes"),
-    Step("ceilings", 0.15, _ceilings_commands, _read_ceilings, "mfu ceilings, sweep cut to fit"),
+    Step("ceilings", 0.15, _ceilings_commands, _read_ceilings, "mfu ceilings, sweep cut to fit", _ceilings_env),
     Step("default", 0.35, _default_commands, _read_default, "the default suite (mfu run)"),
     Step("claims", 0.3, _claims_commands, _read_claims, "the claims suite, then mfu claims --from"),
 ]
@@ -185,25 +197,26 @@ def next_limit(budget_s: float, shares: list[float], spent: list[float]) -> floa
     return max(0.0, left * shares[len(spent)] / sum(shares[len(spent):]))
 
 
-def run_child(argv: list[str], limit_s: float, log, grace_s: float = GRACE_S) -> tuple[int | None, str]:
-    """Run one child until it exits or `limit_s` passes; then SIGINT, and SIGKILL `grace_s` later.
+def run_child(argv: list[str], limit_s: float, log, env: dict | None = None) -> tuple[int | None, str]:
+    """Run one child until it exits or `limit_s` passes; then SIGINT, and SIGKILL GRACE_S later.
     Returns (exit code or None when killed, how it ended: "exited" | "interrupted" | "killed")."""
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})},
                             start_new_session=True)  # its own group: workers it starts stop with it
     try:
         return proc.wait(timeout=max(0.1, limit_s)), "exited"
     except subprocess.TimeoutExpired:
         pass
     except KeyboardInterrupt:  # Ctrl-C on `mfu check`: pass it on, let the child write, then stop
-        _stop(proc, grace_s)
+        _stop(proc)
         raise
-    return _stop(proc, grace_s)
+    return _stop(proc)
 
 
-def _stop(proc: subprocess.Popen, grace_s: float) -> tuple[int | None, str]:
+def _stop(proc: subprocess.Popen) -> tuple[int | None, str]:
     _signal_group(proc, signal.SIGINT)
     try:
-        return proc.wait(timeout=grace_s), "interrupted"
+        return proc.wait(timeout=GRACE_S), "interrupted"
     except subprocess.TimeoutExpired:
         _signal_group(proc, signal.SIGKILL)
         proc.wait()
@@ -226,10 +239,9 @@ def run_step(step: Step, plan: Plan, limit_s: float, console: Console) -> Outcom
             left = limit_s - (time.monotonic() - started)
             if i < len(commands) - 1:  # keep time back for the commands after this one
                 left -= CLAIMS_EVAL_S * (len(commands) - 1 - i)
-            line = " ".join(["mfu", *argv])
-            log.write(f"$ {line}\n")
+            log.write(f"$ {' '.join(argv)}\n")
             log.flush()
-            code, ended = run_child([sys.executable, "-m", "harness.cli", *argv], left, log)
+            code, ended = run_child(argv, left, log, env=step.env(plan))
             log.write(f"\n[{ended}, exit code {code}, {time.monotonic() - started:.1f} s into the step]\n")
             log.flush()
             codes.append(code)
@@ -284,7 +296,7 @@ def add_command(sub) -> None:
     cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     cmd.add_argument("--out", type=Path, help="check directory (default: runs/<time>-check)")
     cmd.add_argument("--budget-s", type=float, help="seconds for all steps together (default: 480 on a GPU, "
-                                                     "150 on a CPU)")
+                                                     "180 on a CPU)")
     cmd.add_argument("--suite", type=Path, help="correctness step: run this suite instead of the shipped one")
     cmd.set_defaults(command=_command)
 
