@@ -60,8 +60,9 @@ def pinned(kernel, config: triton.Config | None):
         return kernel
     want = set(kernel.configs[0].kwargs)
     if not isinstance(config, triton.Config) or set(config.kwargs) != want:
-        raise ValueError(f"config for {getattr(kernel.fn, '__name__', 'this kernel')} must be a triton.Config with exactly the "
-                         f"meta-parameters {sorted(want)}; got {config}")
+        name = getattr(kernel.fn, "__name__", "this kernel")
+        raise ValueError(f"config for {name} must be a triton.Config with exactly the meta-parameters "
+                         f"{sorted(want)}; got {config}")
     return _Pinned(kernel.fn, config.all_kwargs())
 
 

@@ -29,7 +29,8 @@ reduce), at most MAX_SPLITS. On 132 SMs: groups >= 264 gives 1 split; batch 1 x 
 
 Precision: fp32 accumulation; fp32 inputs use IEEE dots. Under TRITON_INTERPRET=1 one small
 config runs. `prepare(..., config=)` runs one fixed triton.Config (BLOCK_N dividing CHUNK_ALIGN,
-stages, warps; `FIXED_CONFIG` fits every supported GPU) instead of autotuning: kernels/common.py. Bytes moved: K and V once (2·B·Hkv·Skv·D·s) plus Q and out; the partials add
+stages, warps; `FIXED_CONFIG` fits every supported GPU) instead of autotuning: kernels/common.py.
+Bytes moved: K and V once (2·B·Hkv·Skv·D·s) plus Q and out; the partials add
 2·splits·B·Hq·Sq·(D+1)·4 bytes, small next to the cache whenever splits > 1.
 """
 
