@@ -28,7 +28,7 @@ EXIT_USAGE = 2
 # Modules that each add one subcommand: a module-level `add_command(subparsers)` registers a parser
 # whose `command` default is a function (args, console) -> exit code.
 COMMAND_MODULES: list[str] = ["harness.ceilings", "harness.compare", "harness.history", "harness.report", "harness.export",
-                               "harness.claims"]
+                               "harness.claims", "harness.checkup"]
 
 
 def main(argv: list[str] | None = None) -> int:

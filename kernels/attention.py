@@ -21,7 +21,9 @@ ones fill the tail of the grid. Programs of one kv head run together, so K/V til
 BLOCK_D is D rounded up to a power of two (>= 16); lanes past D are masked. Accumulation is fp32;
 fp32 inputs use IEEE fp32 dots (input_precision="ieee"), never TF32. Tiles, stages and warps are
 autotuned per shape; configs that would overflow shared memory are pruned first. Under
-TRITON_INTERPRET=1 one small config runs, so CPU tests cover every code path.
+TRITON_INTERPRET=1 one small config runs, so CPU tests cover every code path. `prepare(...,
+config=)` runs one fixed triton.Config (BLOCK_M, BLOCK_N, stages, warps; `FIXED_CONFIG` fits every
+supported GPU up to head_dim 128) instead of autotuning: see kernels/common.py.
 
 Throughput: flops = 4·B·Hq·D·P, P the attended (query, key) pairs (harness/workloads/attention.py).
 """
@@ -46,6 +48,11 @@ LOG2E = 1.4426950408889634
 # whose K/V tiles are 2-4x larger in shared memory.
 _TILES = [(128, 128, 3, 8), (128, 64, 3, 8), (128, 64, 4, 4), (128, 32, 4, 4), (64, 64, 4, 4),
           (64, 32, 3, 4)]
+
+
+# A fixed config for quick correctness checks (tests/, `config=`): the Q tile plus 3 stages of
+# 32-key K and V tiles take 64 KB of shared memory at head_dim 128 in bf16, which every GPU we support has.
+FIXED_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_stages=3, num_warps=4)
 
 
 def _configs():
@@ -197,10 +204,12 @@ def dot_precision(dtype: torch.dtype):
 
 
 def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, *, causal: bool,
-            scale: float | None = None):
+            scale: float | None = None, config: triton.Config | None = None):
     """Validate and fix the launch; return a zero-argument function that writes the attention
-    into `out` and returns it, so a benchmark's timed region holds only the launch."""
+    into `out` and returns it, so a benchmark's timed region holds only the launch. `config` runs
+    one fixed tile config instead of autotuning."""
     check_inputs(q, k, v, out, causal)
+    kernel = common.pinned(_forward_kernel, config)
     (b, hq, sq, d), hkv, skv = q.shape, k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     args = (q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(), hq, hq // hkv, sq, skv,
@@ -212,13 +221,14 @@ def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         return (triton.cdiv(sq, meta["BLOCK_M"]) * b * hq,)
 
     def launch():
-        _forward_kernel[grid](*args, **consts)
+        kernel[grid](*args, **consts)
         return out
     return launch
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-              scale: float | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+              scale: float | None = None, out: torch.Tensor | None = None,
+              config: triton.Config | None = None) -> torch.Tensor:
     """softmax(q·kᵀ·scale, bottom-right causal mask if causal)·v, into `out` (allocated when None)."""
     out = torch.empty_like(q) if out is None else out
-    return prepare(q, k, v, out, causal=causal, scale=scale)()
+    return prepare(q, k, v, out, causal=causal, scale=scale, config=config)()

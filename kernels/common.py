@@ -1,8 +1,14 @@
-"""What our Triton kernels share: where they can run, the GPU's shared memory, grouped tile order.
+"""What our Triton kernels share: where they can run, the GPU's shared memory, grouped tile order,
+and running an autotuned kernel with one fixed config.
 
 `platform_unsupported` holds the reasons common to every kernel (CPU without the interpreter, the
 interpreter's broken bf16, which tensor cores a dtype needs); each kernel's own `unsupported` adds
 its shape and variant limits on top.
+
+Fixed configs: every autotuned kernel's `prepare` takes `config=` (a `triton.Config` with that
+kernel's meta-parameters, warps and stages). With it the launch calls the jit function under the
+autotuner with exactly that config: nothing is benchmarked and one compile serves every call with
+the same constexprs and dtypes. Tests and quick checks use it; benchmarks leave it None (autotuned).
 """
 
 from __future__ import annotations
@@ -34,6 +40,30 @@ def platform_unsupported(dtype: torch.dtype, device) -> str | None:
     if dtype == torch.bfloat16 and major < 8:
         return f"bf16 tensor cores need sm_80 or newer; this GPU is sm_{major}{minor}"
     return None
+
+
+class _Pinned:
+    """`kernel[grid](...)` for an autotuned kernel pinned to one config (see the module docstring)."""
+
+    def __init__(self, fn, meta: dict):
+        self.fn, self.meta = fn, meta
+
+    def __getitem__(self, grid):
+        launch = self.fn[grid]
+        return lambda *args, **kwargs: launch(*args, **kwargs, **self.meta)
+
+
+def pinned(kernel, config: triton.Config | None):
+    """What to launch for an autotuned `kernel`: the autotuner itself when config is None, else
+    its jit function with `config`'s meta-parameters, warps and stages (no autotuning)."""
+    if config is None:
+        return kernel
+    want = set(kernel.configs[0].kwargs)
+    if not isinstance(config, triton.Config) or set(config.kwargs) != want:
+        name = getattr(kernel.fn, "__name__", "this kernel")
+        raise ValueError(f"config for {name} must be a triton.Config with exactly the meta-parameters "
+                         f"{sorted(want)}; got {config}")
+    return _Pinned(kernel.fn, config.all_kwargs())
 
 
 @functools.lru_cache(maxsize=None)

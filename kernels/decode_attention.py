@@ -28,7 +28,9 @@ reduce), at most MAX_SPLITS. On 132 SMs: groups >= 264 gives 1 split; batch 1 x 
 32 splits from an 8k cache on; batch 16 x 8 gets 2.
 
 Precision: fp32 accumulation; fp32 inputs use IEEE dots. Under TRITON_INTERPRET=1 one small
-config runs. Bytes moved: K and V once (2·B·Hkv·Skv·D·s) plus Q and out; the partials add
+config runs. `prepare(..., config=)` runs one fixed triton.Config (BLOCK_N dividing CHUNK_ALIGN,
+stages, warps; `FIXED_CONFIG` fits every supported GPU) instead of autotuning: kernels/common.py.
+Bytes moved: K and V once (2·B·Hkv·Skv·D·s) plus Q and out; the partials add
 2·splits·B·Hq·Sq·(D+1)·4 bytes, small next to the cache whenever splits > 1.
 """
 
@@ -61,6 +63,9 @@ def _configs():
 
 
 CHUNK_ALIGN = max(c.kwargs["BLOCK_N"] for c in _configs())  # every config's BLOCK_N divides a chunk
+# A fixed config for quick correctness checks (tests/, `config=`): 2 stages of 64-key K and V tiles
+# take 64 KB of shared memory at head_dim 128 in bf16.
+FIXED_CONFIG = triton.Config({"BLOCK_N": 64}, num_stages=2, num_warps=4)
 
 
 @triton.autotune(configs=_configs(), key=["CHUNK", "SEQ_KV", "ROWS", "HEAD_DIM", "SINGLE"],
@@ -184,10 +189,14 @@ def unsupported(dtype: torch.dtype, device: torch.device, heads: int, kv_heads: 
 
 
 def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, *, causal: bool,
-            scale: float | None = None, splits: int | None = None):
+            scale: float | None = None, splits: int | None = None, config: triton.Config | None = None):
     """Validate, choose the split count (unless given) and allocate the partials; return a
-    zero-argument function that writes the attention into `out` and returns it."""
+    zero-argument function that writes the attention into `out` and returns it. `config` runs the
+    split kernel with one fixed config instead of autotuning."""
     check_inputs(q, k, v, out, causal)
+    split_kernel = common.pinned(_split_kernel, config)
+    if config is not None and CHUNK_ALIGN % config.kwargs["BLOCK_N"]:
+        raise ValueError(f"config BLOCK_N must divide {CHUNK_ALIGN}, the chunk alignment; got {config}")
     (b, hq, sq, d), hkv, skv = q.shape, k.shape[1], k.shape[2]
     reason = unsupported(q.dtype, q.device, hq, hkv, sq, d)
     if reason:
@@ -210,7 +219,7 @@ def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     reduce_consts = dict(ROWS=group_rows, HEAD_DIM=d, BLOCK_D=bd, BLOCK_S=triton.next_power_of_2(splits))
 
     def launch():
-        _split_kernel[(b * hkv * splits,)](*split_args, **consts)
+        split_kernel[(b * hkv * splits,)](*split_args, **consts)
         if not single:
             _reduce_kernel[(b * hkv * group_rows,)](*reduce_args, **reduce_consts)
         return out
@@ -219,7 +228,7 @@ def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
                      scale: float | None = None, splits: int | None = None,
-                     out: torch.Tensor | None = None) -> torch.Tensor:
+                     out: torch.Tensor | None = None, config: triton.Config | None = None) -> torch.Tensor:
     """softmax(q·kᵀ·scale, bottom-right causal mask if causal)·v for short q, into `out`."""
     out = torch.empty_like(q) if out is None else out
-    return prepare(q, k, v, out, causal=causal, scale=scale, splits=splits)()
+    return prepare(q, k, v, out, causal=causal, scale=scale, splits=splits, config=config)()

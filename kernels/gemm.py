@@ -18,6 +18,8 @@ Two variants share the same blocking:
 BLOCK_K is 128 bytes of K (64 for fp16/bf16, 128 for fp8/int8, 32 for fp32): one swizzled
 shared-memory row, the natural tensor-core K step. BLOCK_M/BLOCK_N, stages and warps are autotuned
 per (M, N, K, layout, dtype); configs that would overflow shared memory are pruned first.
+`config=` (a triton.Config with BLOCK_M, BLOCK_N, GROUP_M, num_stages, num_warps; `FIXED_CONFIG`
+fits every supported GPU) runs one fixed config instead, without autotuning: see kernels/common.py.
 
 Inputs -> output: fp32 -> fp32 (precision "ieee" = true fp32 math, "tf32" = TF32 tensor cores),
 fp16 -> fp16, bf16 -> bf16, float8_e4m3fn -> bf16 (unit scales), int8 -> int32. On Hopper, fp8
@@ -61,6 +63,12 @@ OUT_DTYPE = {
 # are for skinny shapes (decode-like M) and GPUs with less shared memory.
 _TILES = [(128, 256, 3, 8), (128, 256, 4, 8), (256, 128, 3, 8), (128, 128, 4, 8), (128, 128, 4, 4),
           (64, 256, 4, 4), (128, 64, 4, 4), (64, 128, 4, 4), (64, 64, 4, 4)]
+
+
+# A fixed config for quick correctness checks (tests/, `config=`): small enough for the shared
+# memory of every GPU we support (3 stages of 64-row A and B tiles of 128 bytes of K, plus a TMA
+# output tile), and GROUP_M 4 so medium shapes span several tile groups.
+FIXED_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "GROUP_M": 4}, num_stages=3, num_warps=4)
 
 
 def _configs(pre_hook=None):
@@ -196,19 +204,20 @@ def _grid(M, N, programs=None):
     return grid
 
 
-def _tiled_launcher(a, b, out, precision):
+def _tiled_launcher(a, b, out, precision, config=None):
     (M, K), N = a.shape, b.shape[1]
     grid = _grid(M, N)
     args = (a, b, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1))
     consts = _dot_args(a.dtype, precision)
+    kernel = common.pinned(_tiled_kernel, config)
 
     def launch():
-        _tiled_kernel[grid](*args, **consts)
+        kernel[grid](*args, **consts)
         return out
     return launch
 
 
-def _tma_launcher(a, b, out, precision):
+def _tma_launcher(a, b, out, precision, config=None):
     tma_b = _tma_b(a, b, out)
     if tma_b is None:
         raise ValueError("variant='tma' needs A, B (or B^T) and out with unit stride along rows and "
@@ -220,9 +229,12 @@ def _tma_launcher(a, b, out, precision):
     sms = _num_sms(a.device)
     grid = _grid(M, N, sms)
     consts = dict(B_KMAJOR=b_kmajor, NUM_SMS=sms, **_dot_args(a.dtype, precision))
+    kernel = common.pinned(_tma_kernel, config)
+    if config is not None:  # no autotuner to run the pre-hook: give the descriptors their blocks now
+        _set_tma_blocks(dict(zip(("a_desc", "b_desc", "c_desc"), descs), **consts, **config.kwargs))
 
     def launch():
-        _tma_kernel[grid](*descs, M, N, K, **consts)
+        kernel[grid](*descs, M, N, K, **consts)
         return out
     return launch
 
@@ -236,12 +248,13 @@ def _is_hopper(device: torch.device) -> bool:
             and torch.cuda.get_device_capability(device)[0] == 9)
 
 
-def _auto_variant(a, b, out, precision) -> str:
+def _auto_variant(a, b, out, precision, config=None) -> str:
     if common.INTERPRET or not _is_hopper(a.device) or _tma_b(a, b, out) is None:
         return "tiled"
-    key = (a.shape, a.stride(), b.shape, b.stride(), a.dtype, precision, a.device)
+    key = (a.shape, a.stride(), b.shape, b.stride(), a.dtype, precision, a.device,
+           None if config is None else str(config))
     if key not in _AUTO_CHOICE:  # first call only: do_bench's first run also autotunes each variant
-        ms = {v: triton.testing.do_bench(make(a, b, out, precision)) for v, make in _LAUNCHERS.items()}
+        ms = {v: triton.testing.do_bench(make(a, b, out, precision, config)) for v, make in _LAUNCHERS.items()}
         _AUTO_CHOICE[key] = min(ms, key=ms.get)
     return _AUTO_CHOICE[key]
 
@@ -282,27 +295,30 @@ def _check(a, b, out, precision, variant):
 
 
 def prepare(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, precision: str = "ieee",
-            variant: str = "auto"):
+            variant: str = "auto", config: triton.Config | None = None):
     """Everything but the launch: validate, pick the variant ("auto" times both once, on Hopper),
     build TMA descriptors. Returns a zero-argument function that computes out = a @ b and returns
-    out, so a benchmark's timed region holds only the kernel launch."""
+    out, so a benchmark's timed region holds only the kernel launch. `config` pins one tile config
+    (both variants share its meta-parameters) instead of autotuning."""
     _check(a, b, out, precision, variant)
+    common.pinned(_tiled_kernel, config)  # a bad config fails here, whatever the shape
     if out.numel() == 0:
         return lambda: out
     if a.shape[1] == 0:
         return out.zero_
     if variant == "auto":
-        variant = _auto_variant(a, b, out, precision)
-    return _LAUNCHERS[variant](a, b, out, precision)
+        variant = _auto_variant(a, b, out, precision, config)
+    return _LAUNCHERS[variant](a, b, out, precision, config)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *, precision: str = "ieee",
-           variant: str = "auto") -> torch.Tensor:
+           variant: str = "auto", config: triton.Config | None = None) -> torch.Tensor:
     """C = a @ b into `out` (allocated when None; nothing is allocated when it is given).
 
     `precision` picks fp32 math ("ieee") or TF32 tensor cores ("tf32"); other dtypes ignore it.
+    `config` runs one fixed tile config instead of autotuning (see prepare).
     """
     _check(a, b, out, precision, variant)
     if out is None:
         out = torch.empty((a.shape[0], b.shape[1]), dtype=OUT_DTYPE[a.dtype], device=a.device)
-    return prepare(a, b, out, precision=precision, variant=variant)()
+    return prepare(a, b, out, precision=precision, variant=variant, config=config)()

@@ -26,6 +26,8 @@ Programs of kernels 1 and 2 run in grouped order (GROUP_M blocks down one column
 before the next), so a wave of programs shares expert weight tiles in L2. Offsets into weights
 are int64: DeepSeek-V3's w_gate_up has 7.5e9 elements. BLOCK_N, BLOCK_K, stages and warps are
 autotuned per (blocks, N, K, BLOCK_M, dtype); configs overflowing shared memory are pruned.
+`prepare(..., config=)` runs both GEMM kernels with one fixed triton.Config (BLOCK_N, BLOCK_K,
+GROUP_M, stages, warps; `FIXED_CONFIG` fits every supported GPU) instead: see kernels/common.py.
 
 fp8 (float8_e4m3fn x and weights, bf16 out): each expert's two weights carry a float32 scale
 (x's is 1), applied to the fp32 accumulators; h is stored as e4m3 with a unit scale, saturated at
@@ -64,6 +66,11 @@ _GATE_UP_TILES = [(32, 128, 4, 4), (64, 64, 4, 4), (64, 128, 3, 4), (64, 64, 3, 
                   (128, 64, 4, 8)]
 _DOWN_TILES = [(32, 128, 4, 4), (64, 64, 4, 4), (64, 128, 3, 4), (128, 64, 3, 8), (128, 64, 4, 4),
                (256, 64, 3, 8)]
+
+
+# A fixed config for quick correctness checks (tests/, `config=`): two stages keep gate/up's
+# BLOCK_M 128 rows and two 64-wide weight tiles within the shared memory of every GPU we support.
+FIXED_CONFIG = triton.Config({"BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4}, num_stages=2, num_warps=4)
 
 
 def _configs(tiles):
@@ -260,11 +267,14 @@ def _check(x, w_gate_up, w_down, topk_ids, topk_weights, out, scales):
 
 def prepare(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, topk_ids: torch.Tensor,
             topk_weights: torch.Tensor, out: torch.Tensor, *, w_gate_up_scale: torch.Tensor | None = None,
-            w_down_scale: torch.Tensor | None = None, block_m: int | None = None) -> Prepared:
+            w_down_scale: torch.Tensor | None = None, block_m: int | None = None,
+            config: triton.Config | None = None) -> Prepared:
     """Sort and pad the routing, allocate h and Y, and return the launcher for out = MoE(x), so
     that a benchmark's timed region holds only the three launches. Scales (float32 [E], one per
-    expert weight) default to 1."""
+    expert weight) default to 1. `config` runs both GEMM kernels with that one fixed config
+    instead of autotuning."""
     _check(x, w_gate_up, w_down, topk_ids, topk_weights, out, (w_gate_up_scale, w_down_scale))
+    gate_up_kernel, down_kernel = common.pinned(_gate_up_kernel, config), common.pinned(_down_kernel, config)
     (t, hidden), (experts, i2, _) = x.shape, w_gate_up.shape
     inter, top_k = i2 // 2, topk_ids.shape[1]
     num_pairs = t * top_k
@@ -284,13 +294,13 @@ def prepare(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, topk
     grid_sum = (t, triton.cdiv(hidden, SUM_BLOCK))
 
     def launch() -> torch.Tensor:
-        _gate_up_kernel[grid_gate_up](x, w_gate_up, up_scale, h, s.pairs, s.block_expert, s.blocks, inter,
-                                      hidden, num_pairs, x.stride(0), w_gate_up.stride(0),
-                                      w_gate_up.stride(1), h.stride(0), TOP_K=top_k,
-                                      H_MAX=FP8_MAX if fp8 else 0.0, **consts)
-        _down_kernel[grid_down](h, w_down, down_scale, y, s.pairs, s.block_expert, route_w, s.blocks, hidden,
-                                inter, num_pairs, h.stride(0), w_down.stride(0), w_down.stride(1),
-                                y.stride(0), **consts)
+        gate_up_kernel[grid_gate_up](x, w_gate_up, up_scale, h, s.pairs, s.block_expert, s.blocks, inter,
+                                     hidden, num_pairs, x.stride(0), w_gate_up.stride(0),
+                                     w_gate_up.stride(1), h.stride(0), TOP_K=top_k,
+                                     H_MAX=FP8_MAX if fp8 else 0.0, **consts)
+        down_kernel[grid_down](h, w_down, down_scale, y, s.pairs, s.block_expert, route_w, s.blocks, hidden,
+                               inter, num_pairs, h.stride(0), w_down.stride(0), w_down.stride(1),
+                               y.stride(0), **consts)
         if top_k > 1:
             _topk_sum_kernel[grid_sum](y, out, hidden, y.stride(0), out.stride(0), TOP_K=top_k,
                                        BLOCK_N=SUM_BLOCK)

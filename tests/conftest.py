@@ -1,5 +1,6 @@
 """Shared test setup: CPU runs use Triton's interpreter; GPU-only tests are marked and skipped."""
 
+import functools
 import os
 import tempfile
 
@@ -22,6 +23,17 @@ def own_mfu_home(tmp_path, monkeypatch):
     """Each test (and every `mfu` process it starts) gets its own stored ceilings: one test's quick,
     noisy ceiling must never become another test's denominator."""
     monkeypatch.setenv("MFU_HOME", str(tmp_path / "mfu-home"))
+
+
+@pytest.fixture
+def fixed_kernel_configs(monkeypatch):
+    """Our Triton kernels, when a backend prepares them, run their FIXED_CONFIG instead of
+    autotuning, as the kernel tests do: a `gpu` test of a backend then compiles each kernel once
+    per specialization and benchmarks no configs."""
+    from kernels import attention, decode_attention, gemm, moe
+
+    for module in (attention, decode_attention, gemm, moe):
+        monkeypatch.setattr(module, "prepare", functools.partial(module.prepare, config=module.FIXED_CONFIG))
 
 
 def pytest_configure(config):

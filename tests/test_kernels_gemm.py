@@ -1,8 +1,9 @@
 """kernels/gemm.py against torch: fresh random inputs, outputs poisoned before the call.
 
 On CPU the kernels run under Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so
-shapes stay small; the same tests run on a GPU, where the `gpu`-marked ones add bf16, fp8 at
-medium shapes and the `auto` choice.
+shapes stay small; the same tests run on a GPU, where the `gpu`-marked ones add bf16 and fp8 at
+medium shapes with one fixed config (`config=gemm.FIXED_CONFIG`: no autotuning), and the `auto`
+choice, autotuned once on a small shape.
 
 Outputs are judged by the harness's one rule (harness/check.py): a float64 reference on the CPU,
 the NaN/unwritten guard, an outlier bound per element and a bound on the relative Frobenius error,
@@ -60,13 +61,13 @@ def _check(out, a, b, precision="ieee"):
         assert problem is None, problem
 
 
-def _run(m, n, k, dtype, variant, b_kmajor=False, precision="ieee"):
+def _run(m, n, k, dtype, variant, b_kmajor=False, precision="ieee", config=None):
     reason = gemm.unsupported(dtype, torch.device(DEVICE), variant)
     if reason:
         pytest.skip(reason)
     a, b = _inputs(m, n, k, dtype, b_kmajor)
     out = _poisoned(m, n, dtype)
-    assert gemm.matmul(a, b, out, precision=precision, variant=variant) is out
+    assert gemm.matmul(a, b, out, precision=precision, variant=variant, config=config) is out
     _check(out, a, b, precision)
 
 
@@ -199,32 +200,37 @@ def test_reasons_on_amd(monkeypatch):
     assert gemm.unsupported(torch.float16, torch.device("cuda"), "tiled") is None
 
 
-# GPU: bf16 and fp8 at medium shapes, and the auto choice.
+# GPU: bf16 and fp8 with one fixed config (no autotuning), and the auto choice. Every dimension of
+# GPU_SHAPES is a multiple of 16 (TMA's alignment) but not of the 64x64 tile, so edges are partial;
+# the shapes share Triton's integer specialization, so each (kernel, dtype, B layout) compiles once
+# for both: 8 compiles for test_gpu_bf16_fp8.
 
-GPU_SHAPES = [(512, 384, 256), (333, 208, 144)]  # odd M; N and K stay 16-byte aligned for TMA
+GPU_SHAPES = [(512, 384, 256), (336, 208, 144)]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["tiled", "tma", "auto"])
+@pytest.mark.parametrize("variant", ["tiled", "tma"])
 @pytest.mark.parametrize("b_kmajor", [False, True], ids=["b_rowmajor", "b_kmajor"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn], ids=["bf16", "fp8"])
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=str)
 def test_gpu_bf16_fp8(shape, dtype, b_kmajor, variant):
-    _run(*shape, dtype, variant, b_kmajor)
+    _run(*shape, dtype, variant, b_kmajor, config=gemm.FIXED_CONFIG)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn], ids=["bf16", "fp8"])
 def test_gpu_unaligned_falls_back_to_tiled(dtype):
-    _run(333, 197, 131, dtype, "auto")
+    _run(333, 197, 131, dtype, "auto", config=gemm.FIXED_CONFIG)
     assert not any(key[0] == (333, 131) for key in gemm._AUTO_CHOICE)
 
 
 @pytest.mark.gpu
 def test_gpu_auto_measures_once_and_caches():
+    """The one autotuned GPU GEMM test: at M = 64, N = 128 pruning leaves two tile configs per
+    variant, so it autotunes both variants (4 compiles) and times the pair once."""
     hopper = gemm.unsupported(torch.bfloat16, torch.device("cuda"), "tma") is None
-    a, b = _inputs(1024, 768, 512, torch.bfloat16)
-    out = _poisoned(1024, 768, torch.bfloat16)
+    a, b = _inputs(64, 128, 256, torch.bfloat16)
+    out = _poisoned(64, 128, torch.bfloat16)
     gemm.matmul(a, b, out)
     _check(out, a, b)
     keys = [key for key in gemm._AUTO_CHOICE if key[0] == a.shape and key[2] == b.shape]

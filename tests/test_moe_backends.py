@@ -198,7 +198,7 @@ def test_fp8_torch_backends_at_decode_sizes_on_a_gpu(name):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["torch-loop", "torch-grouped", "triton", DENSE])
 @pytest.mark.parametrize("model", ["deepseek-v3", "qwen3-30b-a3b"])
-def test_bf16_backends_at_preset_shapes_on_a_gpu(name, model):
+def test_bf16_backends_at_preset_shapes_on_a_gpu(name, model, fixed_kernel_configs):
     p = {**MOE.presets[model]()[0], "tokens": 512, "routing": "zipf:1.0", "seed": 0}
     reason = backends.get("moe", name).unsupported(p, DTYPES["bf16"], FACTS)
     if reason:
