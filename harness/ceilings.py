@@ -163,6 +163,8 @@ def add_command(sub) -> None:
                      help=f"time for the matmul sweeps, shared equally by the dtypes (default: "
                           f"{DEFAULT_BUDGET_S['cuda']:.0f} on a GPU, {DEFAULT_BUDGET_S['cpu']:.0f} on a CPU; "
                           "300 finds the bf16 best more surely)")
+    cmd.add_argument("--fresh", action="store_true",
+                     help="replace the stored ceilings even where they are higher (records are kept by default)")
     cmd.set_defaults(command=_command)
 
 
@@ -185,6 +187,35 @@ def _command(args, console) -> int:
                 f"({path_for(facts.key)}) are unchanged")
         console.print(f"[red]{escape(text)}[/]")
         return 1
+    stored = None if args.fresh else load(facts)
+    for note in keep_records(result, stored):
+        console.print(note)
     for path in save(result, args.out):
         console.print(f"written: {path}")
     return 0
+
+
+def keep_records(result: dict, stored: dict | None) -> list[str]:
+    """Carry into a new measurement every stored ceiling it did not reach (a record stays a record:
+    a short sweep, or one that missed the best shape, must not lower a ceiling a case has beaten).
+    Changes `result` in place; returns one line per record kept."""
+    if not stored:
+        return []
+    kept = []
+    for dtype, old in stored.get("matmul", {}).items():
+        new = result["matmul"].get(dtype, {})
+        if "tflops" in old and old["tflops"] > new.get("tflops", 0):
+            result["matmul"][dtype] = {**old, "not_reached_by": {k: new[k] for k in ("tflops", "shape") if k in new}}
+            kept.append(f"matmul {dtype}: kept the stored record {old['tflops']:.1f} TFLOPS "
+                        f"(this sweep reached {new.get('tflops', 0):.1f})")
+    old_mem, new_mem = stored.get("memory", {}), result["memory"]
+    if old_mem.get("best_gbps", 0) > new_mem.get("best_gbps", 0):
+        new_mem.update(best=old_mem.get("best"), best_gbps=old_mem["best_gbps"], source=old_mem.get("source"))
+        kept.append(f"bandwidth: kept the stored record {old_mem['best_gbps']:.0f} GB/s")
+    old_exp, new_exp = stored.get("exp", {}), result["exp"]
+    if old_exp.get("exp2_per_s", 0) > new_exp.get("exp2_per_s", 0):
+        new_exp.update(exp2_per_s=old_exp["exp2_per_s"], source=old_exp.get("source"))
+        kept.append(f"exp: kept the stored record {old_exp['exp2_per_s'] / 1e12:.3f} T/s")
+    if kept:
+        kept.append("(`mfu ceilings --fresh` starts over, e.g. after a driver or clock-policy change)")
+    return kept

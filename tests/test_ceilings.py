@@ -203,6 +203,24 @@ def test_ceilings_command(tmp_path):
     assert cli.main(["ceilings", "--device", "cpu", "--budget-s", "0"]) == 2
 
 
+def test_a_new_sweep_keeps_the_stored_records_it_does_not_reach_unless_fresh(measured, tmp_path):
+    facts, result = measured
+    record = json.loads(json.dumps(result))
+    record["matmul"]["fp32"] = {"tflops": 1e6, "shape": [1, 1, 1], "source": {"case_id": "gemm:fp32:planted"}}
+    record["matmul"]["bf16"]["tflops"] = 1e-9  # a stored ceiling the new sweep beats
+    record["memory"].update(best="run", best_gbps=1e9)
+    ceilings.save(record)
+    assert cli.main(["ceilings", "--device", "cpu", "--budget-s", "0.3"]) == 0
+    kept = ceilings.load(facts)
+    assert kept["matmul"]["fp32"]["tflops"] == 1e6 and kept["matmul"]["fp32"]["source"]["case_id"] == "gemm:fp32:planted"
+    assert kept["matmul"]["fp32"]["not_reached_by"]["tflops"] < 1e6
+    assert kept["memory"]["best_gbps"] == 1e9
+    assert "not_reached_by" not in kept["matmul"]["bf16"]  # beaten: the new measurement replaces it
+    assert cli.main(["ceilings", "--device", "cpu", "--budget-s", "0.3", "--fresh"]) == 0
+    fresh = ceilings.load(facts)
+    assert fresh["matmul"]["fp32"]["tflops"] < 1e6 and fresh["memory"]["best_gbps"] < 1e9
+
+
 @pytest.mark.gpu
 def test_gpu_ceilings_sweep_is_fair_and_fast():
     """On a GPU: every dtype times several shapes, our kernel competes, within the budget plus setup."""
