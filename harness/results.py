@@ -87,7 +87,7 @@ class RunDir:
             if problem is None:
                 latest[(row["case_id"], row.get("pass", 0))] = row
             elif i < len(lines) - 1:
-                raise UsageError(corrupt_message(self.cases_file, number, problem))
+                raise UsageError(_corrupt_message(self.cases_file, number, problem))
         return list(latest.values())
 
     def repair(self) -> str | None:
@@ -130,7 +130,7 @@ class RunDir:
         return out
 
 
-def corrupt_message(path: Path, line: int, problem: str) -> str:
+def _corrupt_message(path: Path, line: int, problem: str) -> str:
     return (f"{path}: line {line} is {problem}, and it is not the last line: the file is corrupt "
             f"(kept as it is; move the run aside and run it again)")
 
@@ -217,7 +217,7 @@ def _replace(path: Path, text: str) -> None:
     """Write the whole file beside it, then rename it over the old one: never half written."""
     partial = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
     try:
-        partial.write_text(text)
+        partial.write_bytes(text.encode("utf-8"))
         os.replace(partial, path)
     except OSError as exc:  # name the file the user knows, not the hidden partial one
         raise OSError(exc.errno, exc.strerror, str(path)) from None
