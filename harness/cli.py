@@ -1,6 +1,7 @@
 """The `mfu` command line: run, plan and gpus.
 
-Usage and suite errors print one line (`FILE: cases[2].heads: ...`) and exit 2, never a traceback.
+Usage and suite errors print one line (`FILE: cases[2].heads: ...`) and exit 2, never a traceback;
+so does a file that cannot be read or written (`DIR/results.csv: Permission denied`), in any command.
 `mfu run` exits 0 when every case is ok or skipped, 1 when any is error, mismatch or suspect, and
 130 when interrupted (after writing what finished).
 """
@@ -19,8 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harness import config, device, specs
-from harness.errors import UsageError
+from harness import config, device, rundir_lock, specs
+from harness.errors import UsageError, os_error_text
 from harness.results import RunDir
 from harness.summary import fmt
 
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     except (config.ConfigError, UsageError) as exc:
         print(f"mfu: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # an output that cannot be written (read-only, full, missing), or an input unread
+        # A failed write() names no file: it is the command's output then.
+        output = getattr(args, "out", None) or getattr(args, "plot", None)
+        print(f"mfu: {os_error_text(exc, output)}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,8 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a suite and write a run directory")
     run.add_argument("config", nargs="?", help="suite YAML (default: the shipped suite for the device)")
     run.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    run.add_argument("--out", type=Path, help="run directory (default: runs/<time>-<suite>)")
-    run.add_argument("--resume", type=Path, metavar="DIR", help="continue a run directory, skipping finished cases")
+    run.add_argument("--out", type=Path, help="run directory, new or empty (default: runs/<time>-<suite>)")
+    run.add_argument("--resume", type=Path, metavar="DIR",
+                     help="continue a run directory of the same suite, skipping finished cases")
+    run.add_argument("--force", action="store_true",
+                     help="start over in an --out that holds a run: delete that run's files (other files are kept)")
     run.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
                      help="interleave N passes over the suite, to tell drift from noise")
     run.add_argument("--only", metavar="REGEX", help="run only the cases whose case_id matches")
@@ -80,25 +89,72 @@ def default_suite(kind: str) -> config.Suite:
 
 
 def _run(args, console: Console) -> int:
-    from harness import runner
-
-    previous = RunDir(args.resume).read_meta() if args.resume else {}
-    if args.resume and not previous:
-        raise UsageError(f"{args.resume}: no meta.json there; is it a run directory?")
-    kind = args.device or previous.get("device_kind") or device.default_device()
-    if kind == "cuda" and not _cuda_available():
-        raise UsageError("--device cuda: no CUDA GPU is visible to torch")
+    if args.resume and args.force:
+        raise UsageError("--force starts a run over and --resume continues one: give one of them")
+    if args.resume and args.out and args.out.resolve() != args.resume.resolve():
+        raise UsageError("--resume DIR writes to DIR: give it without --out")
+    if args.resume:
+        return _resume(args, console)
+    kind = _device_kind(args.device, {})
     if args.config:
         suite = config.load(args.config)
-    elif previous:
-        suite = config.parse(previous["suite_text"], previous["suite_source"])
     else:
         if kind == "cpu" and not args.device:
             console.print("No CUDA GPU found: running the small CPU suite (GPU peaks do not apply).")
         suite = default_suite(kind)
     suite = _only(suite, args.only)
-    out = args.resume or args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{suite.name}"
-    return runner.run(suite, kind, out, console, resume=bool(args.resume), repeat=args.repeat)
+    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{suite.name}"
+    with rundir_lock.locked(out):
+        for line in rundir_lock.claim_new(out, args.force):
+            console.print(line, markup=False, soft_wrap=True)
+        return _measure(suite, kind, out, console, resume=False, repeat=args.repeat)
+
+
+def _resume(args, console: Console) -> int:
+    """Continue a run directory: the same suite, under its lock, after setting aside a cut-short line."""
+    out = args.resume
+    if not (out / "meta.json").is_file():
+        raise UsageError(f"{out}: no meta.json there; is it a run directory?")
+    with rundir_lock.locked(out):
+        run_dir = RunDir(out)
+        previous = run_dir.read_meta()
+        if not isinstance(previous.get("suite_text"), str):
+            raise UsageError(f"{out}/meta.json: no suite_text, so this run cannot be resumed")
+        if args.device and previous.get("device_kind") not in (None, args.device):
+            raise UsageError(f"{out} was run on {previous['device_kind']}: resume it without --device "
+                             f"{args.device}, or start a new run with --out")
+        kind = _device_kind(args.device, previous)
+        stored = config.parse(previous["suite_text"], previous.get("suite_source") or str(out / "meta.json"))
+        suite = config.load(args.config) if args.config else stored
+        changed = config.differences(stored, suite)
+        if changed:
+            raise UsageError(f"{out} holds a run of another suite ({'; '.join(changed)}): resume it without "
+                             f"a suite file, or start this suite with another --out")
+        warning = run_dir.repair()
+        if warning:
+            console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
+        return _measure(_only(suite, args.only), kind, out, console, resume=True, repeat=args.repeat)
+
+
+def _device_kind(asked: str | None, previous: dict) -> str:
+    kind = asked or previous.get("device_kind") or device.default_device()
+    if kind == "cuda" and not _cuda_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible to torch")
+    return kind
+
+
+def _measure(suite: config.Suite, kind: str, out: Path, console: Console, resume: bool, repeat: int) -> int:
+    """runner.run, holding the lock; a write that fails midway says where the finished cases are."""
+    from harness import runner
+
+    try:
+        return runner.run(suite, kind, out, console, resume=resume, repeat=repeat)
+    except OSError as exc:
+        kept = RunDir(out).rows() if (out / "cases.jsonl").exists() else []
+        if not kept:
+            raise
+        raise UsageError(f"{os_error_text(exc, out)}; the {len(kept)} finished cases are kept in "
+                         f"{out / 'cases.jsonl'}: continue with --resume {out}") from None
 
 
 def _only(suite: config.Suite, pattern: str | None) -> config.Suite:
@@ -141,6 +197,8 @@ def _plan(args, console: Console) -> int:
     elif _cuda_available():
         spec = specs.resolve(device.detect("cuda"))
     rows = plan.plan(suite, spec)
+    if args.out and (args.out / "cases.jsonl").exists():
+        raise UsageError(f"{args.out} holds a run: plan --out would replace its results.csv; choose another --out")
     if args.out:
         RunDir(args.out).write_csv(rows, runner.param_columns(suite))
     table = Table(title=f"{suite.name}: {len(rows)} cases on {spec.name if spec else 'no GPU named (use --gpu)'}")

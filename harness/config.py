@@ -4,12 +4,15 @@ A case group names a workload and gives parameters. A list value is an axis (car
 `shapes:` is a list of explicit rows, zipped, each crossed with the axes; `model:` expands a preset
 into rows the same way, and keys given explicitly override what a preset fills. Every user error
 is a ConfigError whose text names the file, the place (`cases[2].heads`), and what is allowed.
+A key given twice in one mapping, text that is not UTF-8, and a number that is not finite (.inf,
+.nan) are errors too: YAML itself would keep the last key, and inf would hang or fail every case.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, fields
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -69,15 +72,48 @@ GROUP_KEYS = ("workload", "backends", "dtype", "shapes", "model")
 def load(path: str | Path) -> Suite:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read suite file ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(str(path), f"line {line}", f"not UTF-8 text: byte offset {exc.start} "
+                          f"(0x{data[exc.start]:02x}) cannot be decoded; save the file as UTF-8") from None
     return parse(text, str(path))
+
+
+class _DuplicateKey(yaml.MarkedYAMLError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (SafeLoader keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in first_line:
+                        raise _DuplicateKey(problem=f"duplicate key {key!r}: given at line {first_line[key]} and "
+                                                    f"again at line {line}; give each key once",
+                                            problem_mark=key_node.start_mark)
+                    first_line[key] = line
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    continue
+        return super().construct_mapping(node, deep)
 
 
 def parse(text: str, source: str) -> Suite:
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(source, f"line {exc.problem_mark.line + 1}", exc.problem) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
@@ -112,11 +148,18 @@ def _timing(raw, source: str) -> TimingSettings:
         ok = isinstance(value, kinds) and (want is bool or not isinstance(value, bool))
         names = {bool: "true or false", int: "an integer", float: "a number"}
         problem = None if ok else f"must be {names[want]} (got {value!r})"
-        problem = problem or check_setting(key, value)
+        problem = problem or _finite(value) or check_setting(key, value)
         if problem:
             raise ConfigError(source, f"timing.{key}", problem)
         values[key] = want(value)
     return TimingSettings(**values)
+
+
+def _finite(value) -> str | None:
+    """inf and nan are numbers to YAML (.inf, .nan) but never a usable setting or size."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number (got {value!r})"
+    return None
 
 
 def _check_keys(mapping: dict, allowed, source: str, place: str) -> None:
@@ -212,7 +255,7 @@ def _validate_params(wl, given: dict, source: str, place_of) -> tuple:
     values = {}
     for p in wl.params:
         if p.name in given:
-            error = p.check(given[p.name])
+            error = p.check(given[p.name]) or _finite(given[p.name])
             if error:
                 raise ConfigError(source, f"{place_of(p.name)}.{p.name}", error)
             values[p.name] = given[p.name]
@@ -226,3 +269,20 @@ def _validate_params(wl, given: dict, source: str, place_of) -> tuple:
         key, message = problem
         raise ConfigError(source, f"{place_of(key)}.{key}", message)
     return tuple(values.items())
+
+
+def differences(old: Suite, new: Suite) -> list[str]:
+    """What makes `new` a different suite from `old`: the cases added and removed and the timing
+    settings changed (the name, comments and layout of the file do not count). [] when the same."""
+    old_ids, new_ids = [c.case_id for c in old.cases], [c.case_id for c in new.cases]
+    old_set, new_set = set(old_ids), set(new_ids)
+    found = []
+    for word, ids in (("added", [i for i in new_ids if i not in old_set]),
+                      ("removed", [i for i in old_ids if i not in new_set])):
+        if ids:
+            found.append(f"{len(ids)} case{'s' if len(ids) > 1 else ''} {word} (e.g. {ids[0]})")
+    old_timing, new_timing = asdict(old.timing), asdict(new.timing)
+    changed = [f"{k} {old_timing[k]} -> {new_timing[k]}" for k in old_timing if old_timing[k] != new_timing[k]]
+    if changed:
+        found.append("timing changed: " + ", ".join(changed))
+    return found

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -85,13 +86,50 @@ def load(path: str | Path) -> Run:
 
 
 def final_rows(run_dir: RunDir) -> list[dict]:
-    """One row per case: results.csv (where `--repeat` passes are pooled) once the run has written
-    it, else cases.jsonl (the last row per case: a run still going, or killed)."""
-    table = run_dir.path / "results.csv"
-    if not table.exists():
-        return list({r["case_id"]: r for r in run_dir.rows()}.values())
-    with table.open(newline="") as f:
-        return [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    """One row per case: results.csv (where `--repeat` passes are pooled) when it holds every case
+    of cases.jsonl; else cases.jsonl itself (the last row per case: a run still going, killed, or
+    whose results.csv is missing, empty or damaged). A run with neither is a UsageError."""
+    table_path = run_dir.path / "results.csv"
+    table, table_problem = _read_table(table_path) if table_path.exists() else ([], None)
+    try:
+        journal = run_dir.rows()
+    except UsageError as exc:  # a corrupt cases.jsonl: a sound results.csv can still be read
+        if not table or table_problem:
+            raise
+        _warn(f"{exc}; reading {table_path.name} instead")
+        return table
+    if table and not table_problem and {r["case_id"] for r in journal} <= {r["case_id"] for r in table}:
+        return table
+    if journal:
+        if table_problem:
+            _warn(f"{table_path}: {table_problem}; read the rows from {run_dir.cases_file.name} instead")
+        return list({r["case_id"]: r for r in journal}.values())
+    if table_problem:
+        raise UsageError(f"{table_path}: {table_problem}, and {run_dir.cases_file.name} has no rows to rebuild it from")
+    raise UsageError(f"{run_dir.path}: no finished cases ({run_dir.cases_file.name} holds no rows)")
+
+
+def _read_table(path: Path) -> tuple[list[dict], str | None]:
+    """results.csv's rows, and what is wrong with the file (None when it reads cleanly)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            raw = list(reader)
+            header = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as exc:
+        return [], f"unreadable ({exc})"
+    if not header:
+        return [], "empty"
+    if "case_id" not in header or "status" not in header:
+        return [], "no case_id and status columns (not a results table)"
+    for number, row in enumerate(raw, start=2):
+        if None in row or None in row.values() or not row["case_id"]:
+            return [], f"line {number} does not match the header (cut short?)"
+    return [{k: _value(v) for k, v in row.items()} for row in raw], None
+
+
+def _warn(message: str) -> None:
+    print(f"mfu: warning: {message}", file=sys.stderr)
 
 
 def _value(text: str):

@@ -67,6 +67,24 @@ def test_config_error_is_one_line_with_exit_code_2(tmp_path):
     assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"cases:\n  - workload: gemm\n    m: 16\n    n: 8\n    m: 32\n    k: 8\n",
+     "line 5: duplicate key 'm': given at line 3 and again at line 5; give each key once"),
+    (b"suite: caf\xe9\ncases: [{workload: gemm, m: 1, n: 1, k: 1}]\n",
+     "line 1: not UTF-8 text: byte offset 10 (0xe9) cannot be decoded; save the file as UTF-8"),
+    (b"timing: {warmup_ms: .inf}\ncases: [{workload: gemm, m: 1, n: 1, k: 1}]\n",
+     "timing.warmup_ms: must be a finite number (got inf)"),
+    (b"timing: {max_time_s: .nan}\ncases: [{workload: gemm, m: 1, n: 1, k: 1}]\n",
+     "timing.max_time_s: must be a finite number (got nan)"),
+])
+def test_suite_input_that_would_run_wrong_or_hang_is_refused(content, message, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    r = mfu("run", bad, "--out", tmp_path / "run")
+    assert r.returncode == 2 and r.stderr == f"mfu: {bad}: {message}\n"
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["run", "missing.yaml"], "missing.yaml: cannot read suite file"),
     (["run", "--device", "cuda"], "no CUDA GPU is visible"),

@@ -145,3 +145,74 @@ def test_configs_parse():
     assert len(files) >= 3
     for f in files:
         assert config.load(f).cases, f
+
+
+# ------------------------------------------------------------------------------ input refused
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines():
+    text = "cases:\n  - workload: gemm\n    m: 16\n    n: 8\n    m: 32\n    k: 8\n"
+    assert error(text) == "suite.yaml: line 5: duplicate key 'm': given at line 3 and again at line 5; give each key once"
+
+
+def test_a_key_given_twice_on_one_line_and_at_the_top_is_an_error():
+    assert error("cases: [{workload: gemm, m: 1, n: 2, k: 3, n: 4}]") == (
+        "suite.yaml: line 1: duplicate key 'n': given at line 1 and again at line 1; give each key once")
+    assert error("suite: a\ncases: [{workload: gemm, m: 1, n: 2, k: 3}]\nsuite: b\n").startswith(
+        "suite.yaml: line 3: duplicate key 'suite': given at line 1 and again at line 3")
+
+
+def test_a_yaml_merge_key_may_still_be_overridden():
+    suite = parse("cases: [{<<: {workload: gemm, m: 1, n: 2, k: 3}, m: 4, backends: torch}]")
+    assert [c.p["m"] for c in suite.cases] == [4]
+
+
+def test_text_that_is_not_utf8_names_the_file_line_and_byte_offset(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("cases: [{workload: gemm, m: 1, n: 2, k: 3}]\nsuite: café\n".encode("latin-1"))
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    assert str(info.value) == (f"{path}: line 2: not UTF-8 text: byte offset 54 (0xe9) cannot be decoded; "
+                               "save the file as UTF-8")
+
+
+@pytest.mark.parametrize("key", ["warmup_ms", "max_time_s", "rel_ci"])
+@pytest.mark.parametrize("value, shown", [(".inf", "inf"), ("-.inf", "-inf"), (".nan", "nan"), ("1.0e+400", "inf")])
+def test_timing_refuses_numbers_that_are_not_finite(key, value, shown):
+    assert error(f"timing: {{{key}: {value}}}\ncases: [{{workload: gemm, m: 1, n: 2, k: 3}}]") == (
+        f"suite.yaml: timing.{key}: must be a finite number (got {shown})")
+
+
+@pytest.mark.parametrize("value, shown", [(".inf", "inf"), (".nan", "nan")])
+def test_workload_parameters_refuse_numbers_that_are_not_finite(value, shown):
+    assert error(f"cases: [{{workload: gemm, m: {value}, n: 2, k: 3}}]") == (
+        f"suite.yaml: cases[0].m: must be an integer (got {shown})")
+    assert error(f"cases: [{{workload: gemm, shapes: [{{m: 1, n: {value}, k: 3}}]}}]") == (
+        f"suite.yaml: cases[0].shapes[0].n: must be an integer (got {shown})")
+
+
+def test_a_float_workload_parameter_refuses_inf_and_nan(monkeypatch):
+    from harness import backends, workloads
+    from harness.workloads import Param, Workload
+
+    class Scaled(Workload):
+        name, dtypes, default_dtype = "scaled", ("fp32",), "fp32"
+        params = (Param("scale", float, "a factor", default=1.0),)
+
+    monkeypatch.setitem(workloads.REGISTRY, "scaled", Scaled())
+    monkeypatch.setitem(backends._REGISTRY, "scaled", {"x": None})
+    assert parse("cases: [{workload: scaled, scale: 2.5}]").cases[0].p == {"scale": 2.5}
+    for value, shown in ((".inf", "inf"), (".nan", "nan")):
+        assert error(f"cases: [{{workload: scaled, scale: [1.0, {value}]}}]") == (
+            f"suite.yaml: cases[0].scale: must be a finite number (got {shown})")
+
+
+def test_differences_name_cases_added_and_removed_and_timing_changed():
+    a = parse("timing: {max_time_s: 0.5}\ncases: [{workload: gemm, m: [1, 2], n: 2, k: 3, backends: torch}]")
+    same = parse("# reformatted\nsuite: renamed\ntiming:\n  max_time_s: 0.5\ncases:\n"
+                 "  - {workload: gemm, m: [2, 1], n: 2, k: 3, backends: [torch]}\n")
+    b = parse("timing: {max_time_s: 1.0}\ncases: [{workload: gemm, m: [2, 4, 8], n: 2, k: 3, backends: torch}]")
+    assert config.differences(a, same) == []
+    assert config.differences(a, b) == [
+        "2 cases added (e.g. gemm:bf16:m=4,n=2,k=3:torch)", "1 case removed (e.g. gemm:bf16:m=1,n=2,k=3:torch)",
+        "timing changed: max_time_s 0.5 -> 1.0"]

@@ -72,7 +72,7 @@ def test_a_cpu_run_plots_points_without_roofs_and_says_so(tmp_path):
 def test_write_never_fails_the_run_it_reports_on(tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "cases.jsonl").write_text('{"case_id": "x"}\n')
+    (broken / "cases.jsonl").write_text('{"case_id": "x", "status": "ok"}\n')  # no workload
     assert report.write(broken) == []
     assert "report not written: KeyError" in capsys.readouterr().err
 
