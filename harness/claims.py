@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from harness import config, device, runs, tables
+from harness import config, device, rundir_lock, runs, tables
 from harness.claim_rules import Finding, evaluate
 
 CEILINGS_BUDGET_S = 60.0  # the matmul sweeps' share; memory and exp probes add a few seconds
@@ -55,13 +55,15 @@ def _command(args, console: Console) -> int:
         write(runs.load(args.source), console)
         return 0
     kind = args.device or device.default_device()
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA GPU is visible to torch")
-        _ensure_ceilings(console)
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible to torch")
     suite = shipped_suite(kind)
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{suite.name}"
-    code = runner.run(suite, kind, out, console)
+    with rundir_lock.locked(out):
+        rundir_lock.claim_new(out, force=False)  # never mixed into an existing run or a busy directory
+        if kind == "cuda":
+            _ensure_ceilings(console)
+        code = runner.run(suite, kind, out, console)
     write(runs.load(out), console)
     return code
 

@@ -153,3 +153,12 @@ def test_claims_from_an_existing_run(cpu_run, capsys):
 
 def test_a_shipped_suite_parses_like_any_other():
     assert isinstance(claims.shipped_suite("cpu"), config.Suite)
+
+
+def test_claims_never_write_into_an_existing_run(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "cases.jsonl").write_text('{"case_id": "x", "status": "ok"}\n')
+    assert cli.main(["claims", "--device", "cpu", "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "cases.jsonl").read_text() == '{"case_id": "x", "status": "ok"}\n'
