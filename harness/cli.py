@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import math
 import re
 import sys
 import time
@@ -54,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
                      help="interleave N passes over the suite, to tell drift from noise")
     run.add_argument("--only", metavar="REGEX", help="run only the cases whose case_id matches")
+    run.add_argument("--isolate", choices=("run", "case", "none"), default="run",
+                     help="run: one worker process for the run, replaced after a case that kills, hangs or "
+                          "poisons it (default); case: a fresh worker per case; none: in this process, unprotected")
+    run.add_argument("--case-timeout", type=_positive_float, metavar="S",
+                     help="a case with no result after S seconds (compile and autotune included) is an error "
+                          "row, and its worker is replaced (default: the suite's timing.case_timeout_s, 600)")
     run.set_defaults(command=_run)
 
     plan = sub.add_parser("plan", help="expand a suite and predict its cost, allocating nothing")
@@ -98,7 +105,8 @@ def _run(args, console: Console) -> int:
         suite = default_suite(kind)
     suite = _only(suite, args.only)
     out = args.resume or args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{suite.name}"
-    return runner.run(suite, kind, out, console, resume=bool(args.resume), repeat=args.repeat)
+    return runner.run(suite, kind, out, console, resume=bool(args.resume), repeat=args.repeat,
+                      isolate=args.isolate, case_timeout_s=args.case_timeout)
 
 
 def _only(suite: config.Suite, pattern: str | None) -> config.Suite:
@@ -120,6 +128,16 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 (got {text!r})")
     return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 (got {text!r})")
+    return value
 
 
 def _cuda_available() -> bool:

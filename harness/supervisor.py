@@ -1,0 +1,208 @@
+"""Where `mfu run` runs its cases: in a supervised worker process, so that no case can end the run.
+
+`executor(isolate, ...)` gives one of:
+
+- `Supervisor` (isolate "run", the default, or "case"): cases run in a worker process
+  (harness/worker.py). With "run" one worker serves the whole run, so start-up and compile caches
+  are paid once; with "case" every case gets a fresh worker. When a worker dies (any signal, an
+  abort, a segfault), gives no result within `timing.case_timeout_s` (set-up, compile, autotune
+  and timing included), or reports its CUDA context lost, that case is a failed Result carrying
+  the reason and the worker's last output lines, and a fresh worker runs the next case. The
+  parent never initializes CUDA: the worker sends back the device facts, peaks and ceilings.
+  Its stdout and stderr go to `worker.log` in the run directory.
+- `InProcess` (isolate "none"): cases run in this process, unprotected: for a debugger, and for
+  tests that patch this process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import site
+import subprocess
+import sys
+import time
+from multiprocessing import Pipe
+from pathlib import Path
+
+import harness
+from harness.timing import TimingSettings
+from harness.worker import STACK_DUMP_SIGNAL, Result, WorkerInfo, describe, run_guarded
+
+ISOLATION = ("run", "case", "none")
+LOG_NAME = "worker.log"
+TAIL_LINES = 20
+NOISE = ("Extension modules:",)  # faulthandler's list of loaded C extensions: long, and never the cause
+START_LIMIT_S = 300.0  # for a worker to import torch and set up the device (not a case: no case_timeout_s)
+POLL_S = 0.25  # how often a silent worker is checked for being alive (a result wakes us at once)
+DUMP_WAIT_S = 1.0  # for a hung worker to write its stacks
+STOP_WAIT_S = 10.0  # for a worker to exit once asked or killed; one stuck in the driver is left behind
+
+
+class WorkerFailed(Exception):
+    """The worker could not start."""
+
+    def __init__(self, reason: str, log_tail: str | None):
+        super().__init__(reason)
+        self.reason, self.log_tail = reason, log_tail
+
+
+def executor(isolate: str, device: str, timing: TimingSettings, run_path: Path):
+    if isolate == "none":
+        return InProcess(device, timing)
+    return Supervisor(device, timing, Path(run_path) / LOG_NAME, fresh_per_case=isolate == "case")
+
+
+class InProcess:
+    """Cases in this process: what `--isolate none` and tests that patch this process use."""
+
+    def __init__(self, device: str, timing: TimingSettings):
+        self.device, self.timing, self.ctx = device, timing, None
+
+    def start(self) -> WorkerInfo:
+        from harness.case import context
+
+        self.ctx = context(self.device, self.timing)
+        return describe(self.ctx)
+
+    def run(self, case) -> Result:
+        return run_guarded(case, self.ctx)
+
+    def close(self, kill: bool = False) -> None:
+        pass
+
+
+class Supervisor:
+    """Cases in a worker process, replaced whenever a case kills it, hangs it or breaks its GPU context."""
+
+    def __init__(self, device: str, timing: TimingSettings, log_path: Path, fresh_per_case: bool = False):
+        self.device, self.timing, self.log_path = device, timing, log_path
+        self.fresh_per_case = fresh_per_case
+        self.limit_s = timing.case_timeout_s
+        self.proc = self.conn = self.log = None
+
+    def start(self) -> WorkerInfo:
+        """Start a worker; WorkerFailed when it does not come up within the case time limit."""
+        self.close()
+        self.log = self.log_path.open("ab")
+        self.log.write(f"=== worker starting {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        self.log.flush()
+        offset = self.log.tell()
+        ours, theirs = Pipe()  # a socket pair: a closed end wakes the other one up
+        self.conn = ours
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", "-m", "harness.worker", str(theirs.fileno()), str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+            pass_fds=(theirs.fileno(),), env=_worker_environment())
+        theirs.close()
+        self.conn.send((self.device, self.timing))
+        message, failure = self._receive(START_LIMIT_S, "no worker ready after {:g} s")
+        if failure is None and message[0] == "failed":
+            failure = f"start-up failed: {message[1]}"
+        if failure:
+            self.close(kill=True)
+            raise WorkerFailed(f"the worker could not start ({failure})", self._tail(offset))
+        return message[1]
+
+    def run(self, case) -> Result:
+        """The case's Result; a failed one (row None) when the worker died or hung on it."""
+        if self.proc is None:
+            try:
+                self.start()
+            except WorkerFailed as exc:
+                return Result(None, failure=exc.reason, log_tail=exc.log_tail)
+        offset = self.log_path.stat().st_size
+        self.conn.send(case)
+        result, failure = self._receive(self.limit_s, "no result after {:g} s (timing.case_timeout_s)")
+        if failure:
+            self._dump_stacks()
+            self.close(kill=True)
+            return Result(None, failure=failure, log_tail=self._tail(offset))
+        if result.context_lost:
+            result.log_tail = self._tail(offset)
+        if result.context_lost or self.fresh_per_case:
+            self.close()
+        return result
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the worker: ask it to exit, or kill it (a hung or poisoned one, or on Ctrl-C)."""
+        if self.proc is not None:
+            if kill:
+                self.proc.kill()
+            else:
+                try:
+                    self.conn.send(None)
+                except OSError:
+                    pass  # already gone
+            _wait(self.proc)
+            self.conn.close()
+            self.log.close()
+        self.proc = self.conn = self.log = None
+
+    def _receive(self, limit_s: float, too_late: str):
+        """(message, None), or (None, why there is none): the worker died, or is past the limit."""
+        deadline = time.monotonic() + limit_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None, too_late.format(limit_s)
+            if self.conn.poll(min(left, POLL_S)) or self.proc.poll() is not None:
+                try:  # a message sent just before the worker exited is still read
+                    if self.conn.poll():
+                        return self.conn.recv(), None
+                except (EOFError, OSError):
+                    pass
+                _wait(self.proc)
+                return None, f"the worker died ({_exit_status(self.proc.returncode)}) during this case"
+
+    def _dump_stacks(self) -> None:
+        """Have a hung worker write where it is stuck into the log, before it is killed."""
+        if self.proc.poll() is not None:
+            return
+        size = self.log_path.stat().st_size
+        self.proc.send_signal(STACK_DUMP_SIGNAL)
+        deadline = time.monotonic() + DUMP_WAIT_S
+        while self.log_path.stat().st_size == size and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.05)  # the rest of the dump
+
+    def _tail(self, offset: int) -> str | None:
+        """The worker's last output lines since `offset` in its log."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return None
+        lines = [line for line in text.splitlines() if line.strip() and not line.startswith(NOISE)]
+        return "\n".join(lines[-TAIL_LINES:]) or None
+
+
+def _exit_status(code: int) -> str:
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def _wait(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(timeout=STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            proc.wait(timeout=STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            pass  # stuck in the driver: the run goes on without waiting for it
+
+
+def _worker_environment() -> dict:
+    """This environment, with this process's copy of harness first on the worker's path: the worker
+    must run the same code (a checkout, not an installed copy that may differ)."""
+    root = str(Path(harness.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    if root not in site.getsitepackages():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
