@@ -77,11 +77,12 @@ def _run(suite: Suite, device: str, run_dir: RunDir, console: Console, resume: b
         _announce(console, suite, ctx, info, run_dir.path, repeat)
         if resume:
             console.print(f"resuming {run_dir.path}: {len(suite.cases) * repeat - len(todo)} done, {len(todo)} to run")
+        results = cases.results(case for _, case in todo)
         with _progress(console) as progress:
             task = progress.add_task("", total=len(todo))
             for pass_index, case in todo:
                 progress.update(task, description=_short(case, pass_index, repeat))
-                result = cases.run(case)
+                result = next(results)
                 row = result.row or error_row(case, ctx, result.failure)
                 if result.log_tail:
                     row["log_tail"] = result.log_tail

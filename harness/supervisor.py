@@ -17,21 +17,25 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import site
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Iterable, Iterator
 from multiprocessing import Pipe
 from pathlib import Path
 
 import harness
 from harness.timing import TimingSettings
-from harness.worker import STACK_DUMP_SIGNAL, Result, WorkerInfo, describe, run_guarded
+from harness.worker import CASE_MARK, STACK_DUMP_SIGNAL, Result, WorkerInfo, describe, run_guarded
 
 ISOLATION = ("run", "case", "none")
 LOG_NAME = "worker.log"
 TAIL_LINES = 20
+TAIL_BYTES = 1 << 16  # how far back the log is read for them
 NOISE = ("Extension modules:",)  # faulthandler's list of loaded C extensions: long, and never the cause
 START_LIMIT_S = 300.0  # for a worker to import torch and set up the device (not a case: no case_timeout_s)
 POLL_S = 0.25  # how often a silent worker is checked for being alive (a result wakes us at once)
@@ -65,8 +69,9 @@ class InProcess:
         self.ctx = context(self.device, self.timing)
         return describe(self.ctx)
 
-    def run(self, case) -> Result:
-        return run_guarded(case, self.ctx)
+    def results(self, cases: Iterable) -> Iterator[Result]:
+        for case in cases:
+            yield run_guarded(case, self.ctx)
 
     def close(self, kill: bool = False) -> None:
         pass
@@ -79,7 +84,7 @@ class Supervisor:
         self.device, self.timing, self.log_path = device, timing, log_path
         self.fresh_per_case = fresh_per_case
         self.limit_s = timing.case_timeout_s
-        self.proc = self.conn = self.log = None
+        self.proc = self.conn = self.log = self.readable = None
 
     def start(self) -> WorkerInfo:
         """Start a worker; WorkerFailed when it does not come up within the case time limit."""
@@ -87,42 +92,77 @@ class Supervisor:
         self.log = self.log_path.open("ab")
         self.log.write(f"=== worker starting {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         self.log.flush()
-        offset = self.log.tell()
+        self.worker_log_offset = self.log.tell()
         ours, theirs = Pipe()  # a socket pair: a closed end wakes the other one up
         self.conn = ours
+        self.readable = select.poll()  # cheaper than Connection.poll, which builds a selector per call
+        self.readable.register(ours.fileno(), select.POLLIN)
         self.proc = subprocess.Popen(
             [sys.executable, "-u", "-m", "harness.worker", str(theirs.fileno()), str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             pass_fds=(theirs.fileno(),), env=_worker_environment())
         theirs.close()
         self.conn.send((self.device, self.timing))
-        message, failure = self._receive(START_LIMIT_S, "no worker ready after {:g} s")
+        message, failure = self._receive(time.monotonic() + START_LIMIT_S, f"no worker ready after {START_LIMIT_S:g} s")
         if failure is None and message[0] == "failed":
             failure = f"start-up failed: {message[1]}"
         if failure:
             self.close(kill=True)
-            raise WorkerFailed(f"the worker could not start ({failure})", self._tail(offset))
+            raise WorkerFailed(f"the worker could not start ({failure})", self._tail())
         return message[1]
 
-    def run(self, case) -> Result:
-        """The case's Result; a failed one (row None) when the worker died or hung on it."""
-        if self.proc is None:
-            try:
-                self.start()
-            except WorkerFailed as exc:
-                return Result(None, failure=exc.reason, log_tail=exc.log_tail)
-        offset = self.log_path.stat().st_size
-        self.conn.send(case)
-        result, failure = self._receive(self.limit_s, "no result after {:g} s (timing.case_timeout_s)")
+    def results(self, cases: Iterable) -> Iterator[Result]:
+        """Each case's Result, in order; a failed one (row None) when the worker died or hung on it.
+
+        One case waits in the worker's pipe behind the running one (not with fresh_per_case), so the
+        worker goes on to it without waiting for the parent to record the last."""
+        queued: deque = deque()  # sent to the current worker, or waiting for a fresh one
+        upcoming = iter(cases)
+        depth = 1 if self.fresh_per_case else 2
+        while True:
+            while len(queued) < depth and (case := next(upcoming, None)) is not None:
+                if self.proc is not None:
+                    if not queued:
+                        self.case_started = time.monotonic()  # an idle worker starts on it now
+                    self._send(case)
+                queued.append(case)
+            if not queued:
+                return
+            if self.proc is None:
+                try:
+                    self.start()
+                except WorkerFailed as exc:
+                    queued.popleft()
+                    yield Result(None, failure=exc.reason, log_tail=exc.log_tail)
+                    continue
+                for case in queued:
+                    self._send(case)
+                self.case_started = time.monotonic()
+            queued.popleft()
+            yield self._result()
+
+    def _result(self) -> Result:
+        """The running case's Result (see results)."""
+        deadline = self.case_started + self.limit_s
+        result, failure = self._receive(deadline, f"no result after {self.limit_s:g} s (timing.case_timeout_s)")
+        if failure and failure.startswith("the worker died"):
+            failure += " during this case"
+        self.case_started = time.monotonic()  # the worker is on to the next queued case
         if failure:
             self._dump_stacks()
             self.close(kill=True)
-            return Result(None, failure=failure, log_tail=self._tail(offset))
+            return Result(None, failure=failure, log_tail=self._tail())
         if result.context_lost:
-            result.log_tail = self._tail(offset)
+            result.log_tail = self._tail()
         if result.context_lost or self.fresh_per_case:
             self.close()
         return result
+
+    def _send(self, case) -> None:
+        try:
+            self.conn.send(case)
+        except OSError:
+            pass  # the worker is gone: waiting for its result says how
 
     def close(self, kill: bool = False) -> None:
         """Stop the worker: ask it to exit, or kill it (a hung or poisoned one, or on Ctrl-C)."""
@@ -137,23 +177,25 @@ class Supervisor:
             _wait(self.proc)
             self.conn.close()
             self.log.close()
-        self.proc = self.conn = self.log = None
+        self.proc = self.conn = self.log = self.readable = None
 
-    def _receive(self, limit_s: float, too_late: str):
-        """(message, None), or (None, why there is none): the worker died, or is past the limit."""
-        deadline = time.monotonic() + limit_s
+    def _receive(self, deadline: float, too_late: str):
+        """(message, None), or (None, why there is none): the worker died, or the deadline passed."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                return None, too_late.format(limit_s)
-            if self.conn.poll(min(left, POLL_S)) or self.proc.poll() is not None:
+                return None, too_late
+            # Readable on a message, and on the worker's end closing; a worker whose grandchildren
+            # keep that end open is caught by proc.poll().
+            readable = self.readable.poll(min(left, POLL_S) * 1e3)
+            if readable or self.proc.poll() is not None:
                 try:  # a message sent just before the worker exited is still read
-                    if self.conn.poll():
+                    if readable or self.readable.poll(0):
                         return self.conn.recv(), None
                 except (EOFError, OSError):
                     pass
                 _wait(self.proc)
-                return None, f"the worker died ({_exit_status(self.proc.returncode)}) during this case"
+                return None, f"the worker died ({_exit_status(self.proc.returncode)})"
 
     def _dump_stacks(self) -> None:
         """Have a hung worker write where it is stuck into the log, before it is killed."""
@@ -166,15 +208,17 @@ class Supervisor:
             time.sleep(0.02)
         time.sleep(0.05)  # the rest of the dump
 
-    def _tail(self, offset: int) -> str | None:
-        """The worker's last output lines since `offset` in its log."""
+    def _tail(self) -> str | None:
+        """The worker's last output lines: since it began its last case, or since it started."""
         try:
             with self.log_path.open("rb") as f:
-                f.seek(offset)
-                text = f.read().decode(errors="replace")
+                f.seek(max(self.worker_log_offset, f.seek(0, os.SEEK_END) - TAIL_BYTES))
+                lines = f.read().decode(errors="replace").splitlines()
         except OSError:
             return None
-        lines = [line for line in text.splitlines() if line.strip() and not line.startswith(NOISE)]
+        marks = [i for i, line in enumerate(lines) if line.startswith(CASE_MARK)]
+        lines = [line for line in lines[marks[-1] + 1 if marks else 0:]
+                 if line.strip() and not line.startswith(NOISE)]
         return "\n".join(lines[-TAIL_LINES:]) or None
 
 

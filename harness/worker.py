@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import gc
 import os
 import signal
 import sys
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 
 
 STACK_DUMP_SIGNAL = signal.SIGUSR1
+CASE_MARK = "--- case "  # the log line before each case's own output
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Result:
 
     row: dict | None
     samples: list[float] = field(default_factory=list)
-    seconds: float | None = None  # what the case took inside the worker
+    seconds: float | None = None  # what run_case took (the rest of a case's wall time is isolation's cost)
     context_lost: bool = False  # the worker is unusable after this case
     failure: str | None = None  # why there is no row
     log_tail: str | None = None  # the worker's last output lines, when it died or lost its context
@@ -67,11 +69,12 @@ def run_guarded(case, ctx) -> Result:
     except Exception as exc:  # run_case keeps a case's failures in its row; this is what escapes it
         traceback.print_exc()  # into worker.log
         row, samples = error_row(case, ctx, _one_line(exc)), []
+    seconds = time.perf_counter() - started
     lost = context_lost(ctx.device)
     if lost:
         first = row["reason"] if row["status"] == "error" else lost
         row, samples = error_row(case, ctx, f"{first}; the CUDA context is lost, a fresh worker runs the next case"), []
-    return Result(row, samples, time.perf_counter() - started, context_lost=lost is not None)
+    return Result(row, samples, seconds, context_lost=lost is not None)
 
 
 def context_lost(device: str) -> str | None:
@@ -121,6 +124,11 @@ def serve(conn) -> int:
         traceback.print_exc()
         conn.send(("failed", _one_line(exc)))
         return 1
+    # What exists now (torch, every module, the context) lives as long as the worker: frozen, it is
+    # out of reach of the garbage collector, so the gc.collect() after each case scans only what
+    # the case left (about 100 ms less per case, with torch's objects).
+    gc.freeze()
+    print(f"worker {os.getpid()} ready on {ctx.facts.name} ({device})")
     conn.send(("ready", describe(ctx)))
     while True:
         try:
@@ -129,6 +137,7 @@ def serve(conn) -> int:
             return 0
         if case is None:
             return 0
+        print(CASE_MARK + case.case_id)
         result = run_guarded(case, ctx)
         sys.stdout.flush()
         sys.stderr.flush()

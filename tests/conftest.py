@@ -26,6 +26,7 @@ def own_mfu_home(tmp_path, monkeypatch):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
+    config.addinivalue_line("markers", "slow: a measurement, not a check (deselect with -m 'not slow')")
 
 
 def pytest_collection_modifyitems(config, items):
