@@ -79,7 +79,7 @@ def run_case(case: Case, ctx: Context) -> tuple[dict, list[float]]:
             gen = torch.Generator(device=ctx.device).manual_seed(zlib.crc32(case.problem_id.encode()))
             inputs = wl.make_inputs(p, dtype, ctx.device, gen)
             fn = backend.build(inputs, p, dtype)
-            faults.inject(case.case_id)  # MFU_INJECT_FAULT, for tests of the run's isolation
+            faults.inject(case.case_id, ctx.device)  # MFU_INJECT_FAULT, for tests of the run's isolation
             if backend.columns:
                 row.update(backend.columns(inputs, p, dtype))
             out = fn()

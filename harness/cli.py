@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--only", metavar="REGEX", help="run only the cases whose case_id matches")
     run.add_argument("--isolate", choices=("run", "case", "none"), default="run",
                      help="run: one worker process for the run, replaced after a case that kills, hangs or "
-                          "poisons it (default); case: a fresh worker per case; none: in this process, unprotected")
+                          "poisons it (default); case: a fresh worker per case; none: in this process, unprotected "
+                          "and without a time limit (for a debugger)")
     run.add_argument("--case-timeout", type=_positive_float, metavar="S",
                      help="a case with no result after S seconds (compile and autotune included) is an error "
                           "row, and its worker is replaced (default: the suite's timing.case_timeout_s, 600)")

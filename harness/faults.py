@@ -9,9 +9,10 @@ its inputs are built and before its first call:
 - `segfault`: a read of address 0, the worker dies from SIGSEGV;
 - `hang`: sleeps forever, until the case's time limit (timing.case_timeout_s) ends it;
 - `raise`: a RuntimeError, an ordinary failure of one case;
-- `cuda`: raises what a CUDA call raises once a device-side assert has poisoned the context
-  (torch.AcceleratorError), and from then on the context probe reports the context as lost, so
-  the worker is replaced exactly as after a real one.
+- `cuda`: on a GPU, a real device-side assert (an out-of-bounds index), which poisons the CUDA
+  context; on a CPU, what a CUDA call then raises (torch.AcceleratorError), after which the
+  worker's context probe reports the context lost. Either way the worker is replaced as after
+  any real one.
 
 Unset or empty, nothing happens. A malformed value is a usage error. The KIND follows the last
 `=`; a REGEX may not contain `;` or `,` (write `.` for the comma of a case_id).
@@ -59,7 +60,7 @@ def check_environment() -> None:
     parse(os.environ.get(VARIABLE))
 
 
-def inject(case_id: str) -> None:
+def inject(case_id: str, device: str) -> None:
     """Fail the way MFU_INJECT_FAULT says when it names this case; nothing otherwise."""
     global context_poisoned
     text = os.environ.get(VARIABLE)
@@ -75,6 +76,9 @@ def inject(case_id: str) -> None:
             time.sleep(3600)
     elif kind == "raise":
         raise RuntimeError(f"fault injected by {VARIABLE}")
+    elif kind == "cuda" and device == "cuda":
+        index = torch.ones(1, dtype=torch.long, device="cuda")
+        torch.zeros(1, device="cuda")[index].item()  # index 1 of 1 element: the kernel asserts
     elif kind == "cuda":
         context_poisoned = True
         raise ACCELERATOR_ERROR(f"CUDA error: device-side assert triggered (injected by {VARIABLE})")

@@ -8,8 +8,9 @@
   abort, a segfault), gives no result within `timing.case_timeout_s` (set-up, compile, autotune
   and timing included), or reports its CUDA context lost, that case is a failed Result carrying
   the reason and the worker's last output lines, and a fresh worker runs the next case. The
-  parent never initializes CUDA: the worker sends back the device facts, peaks and ceilings.
-  Its stdout and stderr go to `worker.log` in the run directory.
+  parent creates no CUDA context and allocates nothing on the device: the worker sends back the
+  device facts, peaks and ceilings it resolved. Its stdout and stderr go to `worker.log` in the
+  run directory, a `--- case CASE_ID` line before each case's own output.
 - `InProcess` (isolate "none"): cases run in this process, unprotected: for a debugger, and for
   tests that patch this process.
 """
@@ -52,6 +53,8 @@ class WorkerFailed(Exception):
 
 
 def executor(isolate: str, device: str, timing: TimingSettings, run_path: Path):
+    if isolate not in ISOLATION:
+        raise ValueError(f"isolate must be one of {', '.join(ISOLATION)} (got {isolate!r})")
     if isolate == "none":
         return InProcess(device, timing)
     return Supervisor(device, timing, Path(run_path) / LOG_NAME, fresh_per_case=isolate == "case")
@@ -87,7 +90,7 @@ class Supervisor:
         self.proc = self.conn = self.log = self.readable = None
 
     def start(self) -> WorkerInfo:
-        """Start a worker; WorkerFailed when it does not come up within the case time limit."""
+        """Start a worker; WorkerFailed when it does not come up (within START_LIMIT_S)."""
         self.close()
         self.log = self.log_path.open("ab")
         self.log.write(f"=== worker starting {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())

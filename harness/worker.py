@@ -142,8 +142,8 @@ def serve(conn) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         conn.send(result)
-        if result.context_lost:
-            return 3
+        if result.context_lost:  # exit now: destructors would only call into the broken context
+            os._exit(3)
 
 
 def main(argv: list[str]) -> int:

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -81,6 +80,17 @@ def test_each_fault_is_an_error_row_and_a_fresh_worker_runs_the_next_case(six, t
     assert "the worker died (SIGABRT)" in r.stdout and "Fatal Python error: Aborted" in r.stdout
 
 
+@pytest.mark.gpu
+def test_a_real_device_side_assert_loses_the_context_and_a_fresh_worker_goes_on(six, tmp_path):
+    out = tmp_path / "run"
+    r = mfu("run", six, "--device", "cuda", "--out", out, env={faults.VARIABLE: r"m=3\b=cuda"})
+    assert r.returncode == 1, r.stderr
+    rows = rows_by_m(out)
+    assert [rows[m]["status"] for m in "123456"] == ["ok", "ok", "error", "ok", "ok", "ok"]
+    assert "device-side assert triggered" in rows["3"]["reason"] and "context is lost" in rows["3"]["reason"]
+    assert len(worker_pids(out)) == 2
+
+
 def test_isolate_case_starts_a_fresh_worker_for_every_case(six, tmp_path):
     out = tmp_path / "run"
     r = mfu("run", six, "--out", out, "--isolate", "case", "--only", r"m=[12]\b")
@@ -114,6 +124,7 @@ def test_sigterm_to_the_process_group_writes_what_finished(tmp_path):
 
 
 def test_a_second_stop_signal_while_writing_is_ignored():
+    before = signal.getsignal(signal.SIGTERM)
     with runner._StopOnSignals() as stop:
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
@@ -121,7 +132,7 @@ def test_a_second_stop_signal_while_writing_is_ignored():
         os.kill(os.getpid(), signal.SIGINT)  # while writing what finished: nothing happens
         time.sleep(0.05)
         assert stop.stopping
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers are restored
+    assert signal.getsignal(signal.SIGTERM) == before  # handlers are restored
 
 
 def test_inject_fault_values_are_parsed_and_malformed_ones_are_usage_errors(six, tmp_path, monkeypatch, capsys):
@@ -140,11 +151,11 @@ def test_inject_fault_values_are_parsed_and_malformed_ones_are_usage_errors(six,
 
 def test_unset_fault_injection_does_nothing(monkeypatch):
     monkeypatch.delenv(faults.VARIABLE, raising=False)
-    faults.inject("gemm:fp32:m=1,n=8,k=8:torch")
+    faults.inject("gemm:fp32:m=1,n=8,k=8:torch", "cpu")
     monkeypatch.setenv(faults.VARIABLE, "m=2=raise")
-    faults.inject("gemm:fp32:m=1,n=8,k=8:torch")  # not a match
+    faults.inject("gemm:fp32:m=1,n=8,k=8:torch", "cpu")  # not a match
     with pytest.raises(RuntimeError, match="fault injected"):
-        faults.inject("gemm:fp32:m=2,n=8,k=8:torch")
+        faults.inject("gemm:fp32:m=2,n=8,k=8:torch", "cpu")
 
 
 def test_case_timeout_setting_is_validated(tmp_path, capsys):
