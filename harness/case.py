@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness import backends, ceilings, memory, metrics, specs, stats, telemetry, workloads
+from harness import backends, ceilings, faults, memory, metrics, specs, stats, telemetry, workloads
 from harness.config import Case
 from harness.device import DeviceFacts, detect
 from harness.dtypes import DTYPES, matmul_precision
@@ -41,8 +41,9 @@ def context(device: str, timing: TimingSettings) -> Context:
     facts = detect(device)
     with warnings.catch_warnings(record=True):  # callers say once, in words, that telemetry is missing
         sampler = telemetry.sampler_for(facts)
-    return Context(device, facts, specs.resolve(facts), Timer(device, timing, facts.l2_bytes),
-                   ceilings.summary(ceilings.load(facts)), sampler)
+    timer = Timer(device, timing, facts.l2_bytes)
+    timer.flush_buffer  # allocated now, once, rather than inside the first case
+    return Context(device, facts, specs.resolve(facts), timer, ceilings.summary(ceilings.load(facts)), sampler)
 
 
 def base_row(case: Case, ctx: Context) -> dict:
@@ -79,6 +80,7 @@ def run_case(case: Case, ctx: Context) -> tuple[dict, list[float]]:
             gen = torch.Generator(device=ctx.device).manual_seed(zlib.crc32(case.problem_id.encode()))
             inputs = wl.make_inputs(p, dtype, ctx.device, gen)
             fn = backend.build(inputs, p, dtype)
+            faults.inject(case.case_id, ctx.device)  # MFU_INJECT_FAULT, for tests of the run's isolation
             if backend.columns:
                 row.update(backend.columns(inputs, p, dtype))
             out = fn()

@@ -84,7 +84,7 @@ def summary(result: dict | None) -> dict | None:
 # ------------------------------------------------------------------------ records raised by runs
 
 
-def rerate(rows: list[dict], ctx, run_path: Path) -> list[dict]:
+def rerate(rows: list[dict], ctx, run_path: Path, raise_records: bool = True) -> list[dict]:
     """The authoritative end of a run: raise the stored ceilings its cases beat, then re-rate rows.
 
     Every ceiling (matmul per peak key, bandwidth, exp rate) that an `ok` row within the datasheet
@@ -92,8 +92,8 @@ def rerate(rows: list[dict], ctx, run_path: Path) -> list[dict]:
     place (meta.json records it), and every timed row gets mfu_ceiling, mbu_ceiling, exp_util and
     limit against the ceilings as they now stand, plus its clock columns (peak_clock_mhz,
     mfu_at_clock, throttled) from its final telemetry. The rows that set a record say so in
-    `new_best`."""
-    stored = load(ctx.facts) if ctx.ceilings else None
+    `new_best`. raise_records=False (a run without the L2 flush) only re-rates."""
+    stored = load(ctx.facts) if ctx.ceilings and raise_records else None
     if stored:
         news = _raise_records(stored, rows, str(Path(run_path).resolve()))
         if news:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import math
 import re
 import sys
 import time
@@ -63,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
                      help="interleave N passes over the suite, to tell drift from noise")
     run.add_argument("--only", metavar="REGEX", help="run only the cases whose case_id matches")
+    run.add_argument("--isolate", choices=("run", "case", "none"), default="run",
+                     help="run: one worker process for the run, replaced after a case that kills, hangs or "
+                          "poisons it (default); case: a fresh worker per case; none: in this process, unprotected "
+                          "and without a time limit (for a debugger)")
+    run.add_argument("--case-timeout", type=_positive_float, metavar="S",
+                     help="a case with no result after S seconds (compile and autotune included) is an error "
+                          "row, and its worker is replaced (default: the suite's timing.case_timeout_s, 600)")
     run.set_defaults(command=_run)
 
     plan = sub.add_parser("plan", help="expand a suite and predict its cost, allocating nothing")
@@ -107,7 +115,7 @@ def _run(args, console: Console) -> int:
     with rundir_lock.locked(out):
         for line in rundir_lock.claim_new(out, args.force):
             console.print(line, markup=False, soft_wrap=True)
-        return _measure(suite, kind, out, console, resume=False, repeat=args.repeat)
+        return _measure(suite, kind, out, console, args, resume=False)
 
 
 def _resume(args, console: Console) -> int:
@@ -133,7 +141,7 @@ def _resume(args, console: Console) -> int:
         warning = run_dir.repair()
         if warning:
             console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
-        return _measure(_only(suite, args.only), kind, out, console, resume=True, repeat=args.repeat)
+        return _measure(_only(suite, args.only), kind, out, console, args, resume=True)
 
 
 def _device_kind(asked: str | None, previous: dict) -> str:
@@ -143,12 +151,13 @@ def _device_kind(asked: str | None, previous: dict) -> str:
     return kind
 
 
-def _measure(suite: config.Suite, kind: str, out: Path, console: Console, resume: bool, repeat: int) -> int:
+def _measure(suite: config.Suite, kind: str, out: Path, console: Console, args, resume: bool) -> int:
     """runner.run, holding the lock; a write that fails midway says where the finished cases are."""
     from harness import runner
 
     try:
-        return runner.run(suite, kind, out, console, resume=resume, repeat=repeat)
+        return runner.run(suite, kind, out, console, resume=resume, repeat=args.repeat,
+                          isolate=args.isolate, case_timeout_s=args.case_timeout)
     except OSError as exc:
         kept = RunDir(out).rows() if (out / "cases.jsonl").exists() else []
         if not kept:
@@ -176,6 +185,16 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 (got {text!r})")
     return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 (got {text!r})")
+    return value
 
 
 def _cuda_available() -> bool:

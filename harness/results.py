@@ -36,9 +36,10 @@ FAILED = ("error", "mismatch", "suspect")  # statuses that make `mfu run` exit 1
 CORRUPT_SUFFIX = ".corrupt"  # where a cut-short last line is set aside
 # Every file `mfu run` (with its report and claims) writes into a run directory: what `--force`
 # may delete when it starts a run over. Anything else in the directory is the user's.
+WORKER_LOG = "worker.log"  # the case worker's stdout and stderr (harness/supervisor.py)
 RUN_FILES = ("cases.jsonl", "samples.jsonl", "results.csv", "meta.json", "summary.md", "report.md",
              "report.html", "roofline.png", "roofline.svg", "claims.md", "claims.html",
-             "cases.jsonl" + CORRUPT_SUFFIX, "samples.jsonl" + CORRUPT_SUFFIX)
+             "cases.jsonl" + CORRUPT_SUFFIX, "samples.jsonl" + CORRUPT_SUFFIX, WORKER_LOG)
 PARTIAL_SUFFIX = ".partial"  # `.meta.json.partial`: a whole-file write in progress
 
 

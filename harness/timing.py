@@ -7,12 +7,16 @@ synchronize, so host round trips do not stretch the measurement. Collection stop
 median's relative CI is under `rel_ci` (with at least `min_samples`), or when `max_time_s` is spent.
 On a CPU the same loop uses the host clock. `cuda_graph` replays a captured graph of the closure,
 which removes launch overhead for launch-bound kernels.
+
+`case_timeout_s` is not the timer's: it bounds a whole case in `mfu run` (set-up, compile,
+autotune, check and timing), after which the case is an `error` row and its worker is replaced.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -29,6 +33,7 @@ class TimingSettings:
     rel_ci: float = 0.01
     l2_flush: bool = True
     cuda_graph: bool = False
+    case_timeout_s: float = 600.0  # a whole case, compile and autotune included (harness/supervisor.py)
 
     def __post_init__(self):
         for key in RULES:
@@ -43,6 +48,7 @@ RULES = {
     "min_samples": ("must be at least 1", lambda v: v >= 1),
     "max_time_s": ("must be above 0", lambda v: v > 0),
     "rel_ci": ("must be between 0 and 1, exclusive", lambda v: 0 < v < 1),
+    "case_timeout_s": ("must be above 0", lambda v: v > 0),
 }
 
 
@@ -62,13 +68,19 @@ class Measurement:
 
 
 class Timer:
-    """Times closures on one device. Holds the flush buffer, allocated once per run."""
+    """Times closures on one device. Holds the flush buffer, allocated once per run at first use,
+    so a Timer that only carries the settings (the parent process of a run) never touches the device."""
 
     def __init__(self, device: str, settings: TimingSettings, cache_bytes: int | None):
         self.device, self.settings = device, settings
         self.cuda = device == "cuda"
-        flush = 2 * (cache_bytes or (32 << 20))  # 2x the last-level cache; 64 MiB if unknown
-        self.flush_buffer = torch.empty(flush, dtype=torch.int8, device=device) if settings.l2_flush else None
+        self.flush_bytes = 2 * (cache_bytes or (32 << 20))  # 2x the last-level cache; 64 MiB if unknown
+
+    @cached_property
+    def flush_buffer(self) -> torch.Tensor | None:
+        if not self.settings.l2_flush:
+            return None
+        return torch.empty(self.flush_bytes, dtype=torch.int8, device=self.device)
 
     def measure(self, fn) -> Measurement:
         s = self.settings

@@ -38,6 +38,7 @@ def fixed_kernel_configs(monkeypatch):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
+    config.addinivalue_line("markers", "slow: a measurement, not a check (deselect with -m 'not slow')")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -163,7 +163,8 @@ def test_a_tiny_moe_suite_runs_end_to_end(tmp_path, monkeypatch):
     wrong = Backend("moe", "wrong", "test double", lambda p, d, dev: None, skips_token_0)
     monkeypatch.setitem(backends._REGISTRY["moe"], "wrong", wrong)
     suite = config.parse(SUITE, "moe-unit.yaml")
-    assert runner.run(suite, "cpu", tmp_path, Console(file=io.StringIO())) == 1  # the mismatch
+    # isolate="none": the `wrong` double is registered in this process only
+    assert runner.run(suite, "cpu", tmp_path, Console(file=io.StringIO()), isolate="none") == 1  # the mismatch
     with open(tmp_path / "results.csv") as f:
         rows = {(r["backend"], r["dtype"]): r for r in csv.DictReader(f)}
     for name in ("torch-loop", "torch-grouped", "triton", "dense-equivalent"):

@@ -1,4 +1,8 @@
-"""The runner and the run directory: statuses, failure isolation, memory skips, Ctrl-C and resume."""
+"""The runner and the run directory: statuses, failure isolation, memory skips, Ctrl-C and resume.
+
+Most tests register test doubles in this process, so they run the cases in it (isolate="none");
+those that need none run them as `mfu run` does, in a worker process. tests/test_isolation.py
+tests the worker's faults."""
 
 import csv
 import io
@@ -28,8 +32,8 @@ def suite(backend_list="[torch]", dtypes="fp32"):
     return config.parse(SUITE % (backend_list, dtypes), "unit.yaml")
 
 
-def run(s, out, resume=False):
-    return runner.run(s, "cpu", out, Console(file=io.StringIO()), resume=resume)
+def run(s, out, resume=False, isolate="none", repeat=1):
+    return runner.run(s, "cpu", out, Console(file=io.StringIO()), resume=resume, isolate=isolate, repeat=repeat)
 
 
 def read_csv(out):
@@ -78,7 +82,7 @@ def test_every_status_and_one_failure_never_loses_the_others(tmp_path, extra_bac
 
 
 def test_results_follow_the_contract(tmp_path):
-    assert run(suite(), tmp_path) == 0
+    assert run(suite(), tmp_path, isolate="run") == 0  # rows, samples and facts cross from the worker
     with open(tmp_path / "results.csv") as f:
         header = next(csv.reader(f))
     assert header[:len(LEAD)] == LEAD
@@ -93,6 +97,8 @@ def test_results_follow_the_contract(tmp_path):
     assert meta["device"]["kind"] == "cpu" and meta["peak"] is None
     assert meta["software"]["torch"] == torch.__version__
     assert "shapes:" in meta["suite_text"] and meta["finished"] and not meta["interrupted"]
+    assert meta["isolate"] == "run" and meta["timing"]["case_timeout_s"] == 600
+    assert "=== worker starting" in (tmp_path / "worker.log").read_text()
     assert "## gemm" in (tmp_path / "summary.md").read_text()
     samples = RunDir(tmp_path).samples()
     assert set(samples) == {r["case_id"] for r in read_csv(tmp_path)}
@@ -189,7 +195,7 @@ def test_resume_retries_error_rows(tmp_path, extra_backends):
 def test_our_triton_kernel_runs_through_the_harness(tmp_path):
     # conftest.py turned on TRITON_INTERPRET before kernels/ was imported: tiny shapes, CPU.
     s = suite("[triton, torch]", "[fp16, fp32, int8, fp8, bf16]")
-    assert run(s, tmp_path) == 0
+    assert run(s, tmp_path, isolate="run") == 0
     by = {(r["backend"], r["dtype"], r["m"]): r for r in read_csv(tmp_path)}
     for dtype in ("fp16", "fp32", "int8", "fp8"):
         assert by[("triton", dtype, "32")]["status"] == "ok", by[("triton", dtype, "32")]["reason"]
@@ -206,7 +212,7 @@ def test_repeat_interleaves_passes_and_pools_them(tmp_path, extra_backends):
 
     extra_backends(fake("spy", spy))
     s = suite("[spy]")
-    assert runner.run(s, "cpu", tmp_path, Console(file=io.StringIO()), repeat=3) == 0
+    assert run(s, tmp_path, repeat=3) == 0
     assert order == [(32, "fp32"), (16, "fp32")] * 3  # pass by pass, not case by case
     rows = read_csv(tmp_path)
     assert len(rows) == 2 and {r["passes"] for r in rows} == {"3"}
@@ -232,7 +238,17 @@ def test_resume_of_a_repeated_run_finishes_the_missing_passes(tmp_path, extra_ba
 
     extra_backends(fake("flaky", interrupts))
     s = suite("[flaky]")
-    assert runner.run(s, "cpu", tmp_path, Console(file=io.StringIO()), repeat=2) == runner.EXIT_INTERRUPTED
-    assert runner.run(s, "cpu", tmp_path, Console(file=io.StringIO()), resume=True) == 0
+    assert run(s, tmp_path, repeat=2) == runner.EXIT_INTERRUPTED
+    assert run(s, tmp_path, resume=True) == 0
     assert len(calls) == 3 + 2  # two passes of two cases: two done, one interrupted, two left
     assert {r["passes"] for r in read_csv(tmp_path)} == {"2"}
+
+
+def test_passes_measured_in_a_worker_are_pooled_in_the_parent(tmp_path):
+    assert run(suite(), tmp_path, isolate="run", repeat=2) == 0
+    rows = read_csv(tmp_path)
+    pooled = RunDir(tmp_path).samples()
+    assert len(rows) == 2 and {r["passes"] for r in rows} == {"2"}
+    for r in rows:
+        assert r["status"] == "ok" and int(r["samples"]) == len(pooled[r["case_id"]]) >= 6
+        assert float(r["time_ms_q1"]) <= float(r["time_ms"]) <= float(r["time_ms_q3"])
