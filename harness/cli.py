@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harness import config, device, rundir_lock, specs
+from harness import config, device, faults, rundir_lock, specs
 from harness.errors import UsageError, os_error_text
 from harness.results import RunDir
 from harness.summary import fmt
@@ -97,6 +97,7 @@ def default_suite(kind: str) -> config.Suite:
 
 
 def _run(args, console: Console) -> int:
+    faults.check_environment()  # a malformed MFU_INJECT_FAULT is refused before anything is written
     if args.resume and args.force:
         raise UsageError("--force starts a run over and --resume continues one: give one of them")
     if args.resume and args.out and args.out.resolve() != args.resume.resolve():
@@ -121,9 +122,11 @@ def _run(args, console: Console) -> int:
 def _resume(args, console: Console) -> int:
     """Continue a run directory: the same suite, under its lock, after setting aside a cut-short line."""
     out = args.resume
-    if not (out / "meta.json").is_file():
-        raise UsageError(f"{out}: no meta.json there; is it a run directory?")
-    with rundir_lock.locked(out):
+    if not out.is_dir():
+        raise UsageError(f"{out}: no such run directory")
+    with rundir_lock.locked(out):  # first: a run still starting there has not written meta.json yet
+        if not (out / "meta.json").is_file():
+            raise UsageError(f"{out}: no meta.json there; is it a run directory?")
         run_dir = RunDir(out)
         previous = run_dir.read_meta()
         if not isinstance(previous.get("suite_text"), str):

@@ -89,7 +89,7 @@ def test_suite_input_that_would_run_wrong_or_hang_is_refused(content, message, t
     (["run", "missing.yaml"], "missing.yaml: cannot read suite file"),
     (["run", "--device", "cuda"], "no CUDA GPU is visible"),
     (["plan", "--gpu", "h1000"], "--gpu: unknown GPU 'h1000'; valid keys:"),
-    (["run", "--resume", "nowhere"], "nowhere: no meta.json there"),
+    (["run", "--resume", "nowhere"], "nowhere: no such run directory"),
     (["compare", "nowhere"], "nowhere: no such run directory"),  # raised in a command module
 ])
 def test_usage_errors_exit_2_without_traceback(args, message, tmp_path):

@@ -124,6 +124,8 @@ def test_a_second_run_on_the_same_directory_is_refused_and_a_crash_releases_the_
             assert message == (f"mfu: {out} is in use by pid {first.pid} (an mfu run writing it): wait for it "
                                f"to end, or choose another --out")
         assert first.poll() is None, "the first run ended before the others were refused: make SLOW slower"
+        while time.time() < deadline and not (out / "cases.jsonl").exists():  # its worker has started
+            time.sleep(0.1)
     finally:
         first.send_signal(signal.SIGKILL)  # a crash: the kernel lets go of the lock
         first.communicate(timeout=60)
