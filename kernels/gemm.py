@@ -67,8 +67,9 @@ _TILES = [(128, 256, 3, 8), (128, 256, 4, 8), (256, 128, 3, 8), (128, 128, 4, 8)
 
 # A fixed config for quick correctness checks (tests/, `config=`): small enough for the shared
 # memory of every GPU we support (3 stages of 64-row A and B tiles of 128 bytes of K, plus a TMA
-# output tile), and GROUP_M 4 so medium shapes span several tile groups.
-FIXED_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "GROUP_M": 4}, num_stages=3, num_warps=4)
+# output tile), and GROUP_M 4 so medium shapes span several tile groups. 8 warps: with 4, fp32 and
+# unaligned fp8 spill registers on sm_90 (tools/sm90_compile.py reports each dtype).
+FIXED_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "GROUP_M": 4}, num_stages=3, num_warps=8)
 
 
 def _configs(pre_hook=None):
