@@ -132,3 +132,17 @@ def _add_nvml(facts: DeviceFacts, index: int) -> None:
         "compute_mode": q(pynvml.nvmlDeviceGetComputeMode, handle),
         "sm_clock_mhz_at_start": q(pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM),
     }
+
+
+def fp8_unsupported(dev: DeviceFacts) -> str | None:
+    """Why torch's fp8 (float8_e4m3fn) matmuls cannot run on this device, or None. The one rule for
+    every torch backend (kernels/common.py keeps the same rule for our kernels: kernels/ imports
+    nothing from harness/). On a CPU torch runs fp8 matmuls itself, slowly but correctly."""
+    if dev.kind != "cuda":
+        return None
+    if dev.vendor != "nvidia":
+        return "fp8 here is float8_e4m3fn; ROCm GPUs use the fnuz variant, not wired up yet"
+    if dev.compute_capability < (8, 9):
+        cc = "".join(map(str, dev.compute_capability))
+        return f"fp8 tensor cores need sm_89 or newer (this GPU is sm_{cc})"
+    return None

@@ -138,15 +138,40 @@ class Timer:
             torch.cuda.synchronize()
 
     def _graph(self, fn):
-        """Capture fn into a CUDA graph (on a side stream, as capture requires) and return its replay."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()  # allocations made during capture must already be cached
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        graph.replay()
+        replay = capture_graph(fn, warmups=1)
+        replay()
         torch.cuda.synchronize()
-        return graph.replay
+        return replay
+
+
+def capture_graph(fn, warmups: int = 1) -> "GraphReplay":
+    """fn captured once into a CUDA graph, after `warmups` calls on a side stream (capture needs one,
+    and every allocation fn makes must already be cached); calling the result replays it."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmups):  # compile, autotune, and cache every allocation before capture
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return GraphReplay(graph, fn)
+
+
+class GraphReplay:
+    """Replays a captured graph, and keeps what was captured alive for as long as it may be replayed.
+
+    A CUDA graph reads and writes the raw addresses it was captured with and holds no reference to
+    any tensor. Everything the captured kernels touch outside the graph's own pool belongs to the
+    closure: a block's RoPE tables, an MoE loop's expert index tensors, our kernels' staging and
+    routing buffers. Dropped, they go back to the caching allocator, and the next allocations (a
+    reference check's, first of all) overwrite them while replays still read them. The first H200
+    run fits this: the mixtral decode block passed its checked replay, then an index_select of the
+    expert loop read an out-of-range id (a device-side assert)."""
+
+    def __init__(self, graph, fn):
+        self.graph, self.fn = graph, fn
+
+    def __call__(self) -> None:
+        self.graph.replay()

@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+from harness import timing
 from harness.timing import Timer, TimingSettings
 
 
@@ -25,12 +26,29 @@ def test_host_timer_measures_a_known_duration():
     assert m.summary.n >= 10
 
 
-def test_stops_as_soon_as_the_median_is_tight_enough():
+class FakeClock:
+    """The timer's clock, advanced only by the work it times: a busy machine cannot disturb it."""
+
+    def __init__(self):
+        self.ns = 0
+
+    def perf_counter_ns(self) -> int:
+        return self.ns
+
+    def perf_counter(self) -> float:
+        return self.ns / 1e9
+
+    def work(self, ms: float) -> None:
+        self.ns += round(ms * 1e6)
+
+
+def test_stops_as_soon_as_the_median_is_tight_enough(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(timing, "time", clock)
     timer = Timer("cpu", TimingSettings(warmup_ms=0, min_samples=10, max_time_s=5.0, rel_ci=0.2, l2_flush=False), None)
-    started = time.perf_counter()
-    m = timer.measure(sleeper(1.0))
+    m = timer.measure(lambda: clock.work(1.0))
     assert m.converged and m.summary.rel_ci <= 0.2
-    assert time.perf_counter() - started < 1.0  # far from the 5 s time box
+    assert clock.perf_counter() < 1.0  # far from the 5 s time box
     assert m.summary.n == 10  # a stable function needs no more than min_samples
 
 

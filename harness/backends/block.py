@@ -41,6 +41,7 @@ from torch import nn
 from harness.backends import Backend, register
 from harness.device import DeviceFacts
 from harness.dtypes import DType
+from harness.timing import capture_graph
 from harness.workloads import block
 from harness.workloads.block import Ops, is_moe
 
@@ -94,37 +95,15 @@ def _step(inputs: dict, p: dict, module: BlockModule, run):
 
 
 def _graphed(step, out: torch.Tensor):
-    """step captured once into a CUDA graph (on a side stream, as capture requires); calls replay it."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):  # compile and autotune, and get every allocation cached before capture
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    """step captured once into a CUDA graph (timing.capture_graph, which keeps the step alive);
+    calls replay it and return `out`."""
+    replay = capture_graph(step, warmups=2)  # two: compile, then autotune with every allocation cached
     out.fill_(float("nan"))  # the warm-up calls wrote it: the checked replay must write it again
-    return _Replay(graph, step, out)
 
-
-class _Replay:
-    """Replays a captured step, and keeps the step alive for as long as the graph may be replayed.
-
-    A CUDA graph reads and writes the raw addresses it was captured with and holds no reference to
-    any tensor. Everything the captured kernels touch outside the graph's own pool belongs to the
-    step: the module's RoPE tables, the MoE loop's expert index tensors, our kernels' staging and
-    routing buffers. Dropped, they go back to the caching allocator, and the next allocations
-    (the reference check's, first of all) overwrite them while replays still read them. The first
-    H200 run fits this: the mixtral decode block passed its checked replay, then an index_select
-    of the expert loop read an out-of-range id (a device-side assert)."""
-
-    def __init__(self, graph: torch.cuda.CUDAGraph, step, out: torch.Tensor):
-        self.graph, self.step, self.out = graph, step, out
-
-    def __call__(self) -> torch.Tensor:
-        self.graph.replay()
-        return self.out
+    def replayed() -> torch.Tensor:
+        replay()
+        return out
+    return replayed
 
 
 def _unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from harness.backends import Backend, register
-from harness.device import DeviceFacts
+from harness.device import DeviceFacts, fp8_unsupported
 from harness.dtypes import DType
 
 
@@ -18,10 +18,8 @@ def _torch_unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
     if dtype.name == "tf32" and not (on_gpu and dev.vendor == "nvidia"):
         return "TF32 is an NVIDIA tensor-core mode; elsewhere it would silently be fp32"
     if dtype.name == "fp8":
-        if on_gpu and dev.vendor != "nvidia":
-            return "fp8 here is float8_e4m3fn; ROCm GPUs use the fnuz variant, not wired up yet"
-        if on_gpu and dev.compute_capability < (8, 9):
-            return f"fp8 tensor cores need compute capability 8.9+ (this GPU is {dev.compute_capability})"
+        if reason := fp8_unsupported(dev):
+            return reason
         if k % 16 or n % 16:
             return f"torch._scaled_mm needs k and n divisible by 16 (got k={k}, n={n})"
     if dtype.name == "int8" and on_gpu:

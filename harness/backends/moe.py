@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.backends import Backend, register
-from harness.device import DeviceFacts
+from harness.device import DeviceFacts, fp8_unsupported
 from harness.dtypes import DType
 from harness.workloads.moe import DENSE, dense_equivalent_bytes, quantize_h, rows_flops
 
@@ -42,11 +42,8 @@ def _grouped_mm():
 def _torch_unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
     if dtype.name != "fp8":
         return None  # bf16 and fp16 matmuls run on every device torch supports
-    if dev.kind == "cuda" and dev.vendor != "nvidia":
-        return "fp8 here is float8_e4m3fn; ROCm GPUs use the fnuz variant, not wired up yet"
-    if dev.kind == "cuda" and dev.compute_capability < (8, 9):
-        cc = "".join(map(str, dev.compute_capability))
-        return f"fp8 tensor cores need sm_89 or newer (this GPU is sm_{cc})"
+    if reason := fp8_unsupported(dev):
+        return reason
     if p["hidden"] % 16 or p["intermediate"] % 16:
         return "torch._scaled_mm needs hidden and intermediate divisible by 16"
     return None

@@ -70,6 +70,7 @@ from harness import models
 from harness.check import Tolerance, compare, rows_from, tolerance
 from harness.dtypes import DType, matmul_precision
 from harness.workloads import LABEL, Param, Workload
+from harness.workloads.attention import attended_pairs
 from harness.workloads.moe import ROUTINGS, parse_routing, realize
 
 DENSE_EQUIVALENT = "dense-equivalent"
@@ -219,7 +220,7 @@ class Block(Workload):
         b, hq, d, n = p["batch"], p["heads"], p["head_dim"], active_params(p)
         if p["phase"] == "train":
             s = p["seq"]
-            return 6 * n * b * s + 12 * b * hq * d * (s * (s + 1) // 2)
+            return 6 * n * b * s + 12 * b * hq * d * attended_pairs(s, s, causal=True)
         return 2 * n * b + 4 * b * hq * d * p["seq_kv"]
 
     def bytes(self, p: dict, dtype: DType) -> int:
