@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from harness.backends import Backend, register
 from harness.device import DeviceFacts, fp8_unsupported
 from harness.dtypes import DType
-from harness.workloads.moe import DENSE, dense_equivalent_bytes, quantize_h, rows_flops
+from harness.workloads.moe import DENSE, by_expert, dense_equivalent_bytes, quantize_h, rows_flops, spans
 
 FP8_ROWS = 16  # cuBLASLt's fp8 GEMMs need each dimension 16-byte aligned: M a multiple of 16
 
@@ -80,16 +80,12 @@ def _loop_build(inputs: dict, p: dict, dtype: DType):
     x, out, k = inputs["x"], inputs["out"], p["top_k"]
     ffn = _expert_ffn(inputs, p["intermediate"])
     multiple = FP8_ROWS if dtype.name == "fp8" else 1
-    flat = inputs["topk_ids"].flatten()
-    order = torch.argsort(flat, stable=True)
+    order, counts = by_expert(inputs["topk_ids"], p["experts"])
     weights = inputs["topk_weights"].flatten()[order].to(out.dtype)
     groups = []  # (expert, its tokens, the rows to gather (padded), their weights), active experts only
-    start = 0
-    for e, n in enumerate(torch.bincount(flat, minlength=p["experts"]).tolist()):
-        if n:
-            tokens = order[start:start + n] // k
-            groups.append((e, tokens, padded_rows(tokens, multiple), weights[start:start + n, None]))
-        start += n
+    for e, start, end in spans(counts):
+        tokens = order[start:end] // k
+        groups.append((e, tokens, padded_rows(tokens, multiple), weights[start:end, None]))
     inputs["executed_rows"] = sum(len(rows) for _, _, rows, _ in groups)
 
     def run():
@@ -136,12 +132,11 @@ def _grouped_build(inputs: dict, p: dict, dtype: DType):
     grouped_mm = _grouped_mm()
     x, out = inputs["x"], inputs["out"]
     t, k, i = p["tokens"], p["top_k"], p["intermediate"]
-    flat = inputs["topk_ids"].flatten()
-    order = torch.argsort(flat, stable=True)
+    order, counts = by_expert(inputs["topk_ids"], p["experts"])
     tokens = order // k
     weights = inputs["topk_weights"].flatten()[order].to(x.dtype)[:, None]
     unsort = torch.argsort(order)  # sorted row of each (token, slot) pair
-    offs = torch.cumsum(torch.bincount(flat, minlength=p["experts"]), 0).to(torch.int32)
+    offs = torch.cumsum(counts, 0).to(torch.int32)
     w_gate_up = inputs["w_gate_up"].transpose(1, 2)  # [E, H, 2I], column-major per expert
     w_down = inputs["w_down"].transpose(1, 2)  # [E, I, H]
 

@@ -71,7 +71,7 @@ from harness.check import Tolerance, compare, rows_from, tolerance
 from harness.dtypes import DType, matmul_precision
 from harness.workloads import LABEL, Param, Workload
 from harness.workloads.attention import attended_pairs
-from harness.workloads.moe import ROUTINGS, parse_routing, realize
+from harness.workloads.moe import ROUTINGS, by_expert, parse_routing, realize, spans
 
 DENSE_EQUIVALENT = "dense-equivalent"
 ROPE_THETA = 500000.0  # Llama 3's; the value changes numbers, not work
@@ -398,15 +398,9 @@ def cached_attend(k_cache: torch.Tensor, v_cache: torch.Tensor):
 
 def expert_groups(p: dict, device) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     """(expert, its tokens, their (token, slot) pair ids) for each expert that receives tokens."""
-    flat = routing(p).ids.flatten()
-    order = torch.argsort(flat, stable=True)
-    ends = torch.bincount(flat, minlength=p["experts"]).cumsum(0).tolist()
-    groups = []
-    for e, (start, end) in enumerate(zip([0] + ends[:-1], ends)):
-        if end > start:
-            pairs = order[start:end]
-            groups.append((e, (pairs // p["top_k"]).to(device), pairs.to(device)))
-    return groups
+    order, counts = by_expert(routing(p).ids, p["experts"])
+    return [(e, (order[start:end] // p["top_k"]).to(device), order[start:end].to(device))
+            for e, start, end in spans(counts)]
 
 
 def expert_loop(groups):

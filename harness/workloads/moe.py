@@ -253,6 +253,20 @@ def dense_equivalent_bytes(p: dict, dtype: DType) -> int:
     return 3 * h * p["intermediate"] * dtype.size + rows * h * (dtype.size + dtype.out_size)
 
 
+def by_expert(ids: torch.Tensor, experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one grouping of routed (token, slot) pairs by expert, used by every MoE path: the pair
+    ids (token · top_k + slot) sorted by expert, stably so each expert keeps token order, and how
+    many pairs each expert received. Expert e's pairs are order[start:end], see `spans`."""
+    flat = ids.flatten()
+    return torch.argsort(flat, stable=True), torch.bincount(flat, minlength=experts)
+
+
+def spans(counts: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(expert, start, end) in by_expert's order, for each expert that received any pair."""
+    ends = counts.cumsum(0).tolist()
+    return [(e, start, end) for e, (start, end) in enumerate(zip([0] + ends[:-1], ends)) if end > start]
+
+
 def expert_groups(p: dict, problem: str = "moe"):
     """(expert, input rows, output rows, weights) per expert with rows, on the CPU.
 
@@ -265,13 +279,11 @@ def expert_groups(p: dict, problem: str = "moe"):
         yield 0, pairs // k, pairs, torch.ones(len(pairs))
         return
     r = _routing(p)
-    order = torch.argsort(r.ids.flatten(), stable=True)
+    order, counts = by_expert(r.ids, p["experts"])
     weights = r.weights.flatten()[order]
-    ends = r.counts.cumsum(0).tolist()
-    for e, (start, end) in enumerate(zip([0] + ends[:-1], ends)):
-        if end > start:
-            tokens = order[start:end] // k
-            yield e, tokens, tokens, weights[start:end]
+    for e, start, end in spans(counts):
+        tokens = order[start:end] // k
+        yield e, tokens, tokens, weights[start:end]
 
 
 def reference(inputs: dict, p: dict, problem: str = "moe") -> torch.Tensor:
