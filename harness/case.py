@@ -107,7 +107,7 @@ def finish_row(row: dict, samples_ms: list[float], case: Case, ctx: Context) -> 
     """Statistics, metrics, clock columns and the sanity verdict for a row, from its samples."""
     s = stats.summarize(samples_ms)
     wl, dtype = workloads.REGISTRY[case.workload], DTYPES[case.dtype]
-    exps = wl.exps(case.p) if hasattr(wl, "exps") else None
+    exps = wl.exps(case.p)
     row = {**row, "time_ms": s.median, "time_ms_q1": s.q1, "time_ms_q3": s.q3, "samples": s.n,
            "noise": s.rel_ci if math.isfinite(s.rel_ci) else None,
            **({"exps": exps} if exps else {}),

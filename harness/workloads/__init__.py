@@ -73,6 +73,10 @@ class Workload:
         """Workload-specific result columns (e.g. flops_executed)."""
         return {}
 
+    def exps(self, p: dict) -> int | None:
+        """Softmax exponentials per call, for workloads that compute them (exp_util); else None."""
+        return None
+
     def memory_bytes(self, p: dict, dtype: DType) -> int:
         """Device memory a case needs at its peak: inputs, outputs and the reference check."""
         raise NotImplementedError
