@@ -3,8 +3,8 @@
 `load_run(path)` gives one row per case, typed by the run's schema (harness/schema.py): numbers as
 ints or floats, booleans as booleans, text as strings, missing values as NA. `df.attrs["meta"]` is
 meta.json, `df.attrs["schema"]` the schema (column units under `units`). `load_runs(paths)` stacks
-several runs with a `run` column (the directory name) and each run's timing settings (`l2_flush`,
-`cuda_graph`), which decide what a time means.
+several runs with a `run` column (the directory name) and each run's timing settings
+(`timing_l2_flush`, `timing_cuda_graph`), which decide what a time means.
 
 The rows are results.csv's (where `--repeat` passes are pooled) when it holds every case of
 cases.jsonl, else cases.jsonl's own (the last row per case: a run still going, killed, or whose
@@ -41,7 +41,8 @@ def load_run(path: str | Path) -> pd.DataFrame:
 
 
 def load_runs(paths: list[str | Path]) -> pd.DataFrame:
-    """Several runs stacked, with `run` (a short unique name) and the timing settings as columns;
+    """Several runs stacked, with `run` (a short unique name) and the timing settings as columns
+    (timing_l2_flush, timing_cuda_graph: prefixed, since a workload may have a `cuda_graph` parameter);
     a directory holding run directories (such as results/) stands for all of them."""
     from harness import runs
 
@@ -49,7 +50,7 @@ def load_runs(paths: list[str | Path]) -> pd.DataFrame:
     parts = []
     for name, run in zip(runs.labels(found), found):
         timing = run.meta.get("timing") or {}
-        part = run.frame.assign(**{k: timing.get(k) for k in TIMING_SETTINGS})
+        part = run.frame.assign(**{f"timing_{k}": timing.get(k) for k in TIMING_SETTINGS})
         parts.append(part.assign(run=name)[["run", *part.columns]])
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     df.attrs = {"meta": {n: r.meta for n, r in zip(runs.labels(found), found)},

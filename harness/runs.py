@@ -94,7 +94,10 @@ def load(path: str | Path) -> Run:
         run_dir = RunDir(path)
         meta = run_dir.read_meta()
         rows, schema = frames.read_run_dir(run_dir, meta)
-        return Run(path, meta, rows, run_dir.samples(), schema)
+        run = Run(path, meta, [], run_dir.samples(), schema)
+        run.frame = frames.frame(rows, schema, meta)
+        run.rows = frames.records(run.frame)  # typed by the schema, whichever file they came from
+        return run
     if path.is_file():
         try:
             data = json.loads(path.read_text())
