@@ -10,11 +10,12 @@ The rows are results.csv's (where `--repeat` passes are pooled) when it holds ev
 cases.jsonl, else cases.jsonl's own (the last row per case: a run still going, killed, or whose
 results.csv is missing, empty or damaged). Nothing here imports torch, a workload or a backend.
 
-    import harness
-    df = harness.load_run("runs/20261204-default-cuda")
-    ok = df[df.status == "ok"]
-    side = ok.pivot_table(index=["workload", "dtype", "m", "n", "k"], columns="backend", values="tflops")
-    (side["triton"] / side["torch"]).pipe(lambda r: r[r > 0]).apply("log").mean()  # log geomean
+    import numpy as np, harness
+    df = harness.load_run("results/h200-sxm-default-cuda-2026-12-04")
+    gemm = df[(df.workload == "gemm") & (df.status == "ok")]
+    side = gemm.pivot_table(index=["dtype", "m", "n", "k"], columns="backend", values="tflops")
+    ratio = (side["triton"] / side["torch"]).dropna()
+    print(f"triton over torch, geomean: {np.exp(np.log(ratio).mean()):.2f}")
 """
 
 from __future__ import annotations
