@@ -20,11 +20,10 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.markup import escape
 
-from harness import config, device, rundir_lock, runs, tables
+from harness import rundir_lock, runs, tables
 from harness.claim_rules import Finding, evaluate
 
 CEILINGS_BUDGET_S = 60.0  # the matmul sweeps' share; memory and exp probes add a few seconds
@@ -41,21 +40,26 @@ def add_command(sub) -> None:
     cmd.set_defaults(command=_command)
 
 
-def shipped_suite(kind: str) -> config.Suite:
-    """The claims suite for a device kind, as shipped inside the package."""
+def shipped_suite(kind: str):
+    """The claims suite (a config.Suite) for a device kind, as shipped inside the package."""
+    from harness import config
+
     name = f"claims-{kind}.yaml"
     return config.parse((resources.files("harness") / "suites" / name).read_text(), f"<shipped {name}>")
 
 
 def _command(args, console: Console) -> int:
-    from harness import runner
     from harness.errors import UsageError
 
-    if args.source:
+    if args.source:  # reading only: no torch, no workload code
         if args.device or args.out:
             raise UsageError("--from evaluates an existing run: give it without --device and --out")
         write(runs.load(args.source), console)
         return 0
+    import torch
+
+    from harness import device, runner
+
     kind = args.device or device.default_device()
     if kind == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA GPU is visible to torch")
@@ -74,7 +78,7 @@ def _ensure_ceilings(console: Console) -> None:
     """Measure and store this GPU's ceilings if none are stored: the exp claim needs them. The
     measurement runs as a child `mfu ceilings`, so its memory (and any crash) is not this process's
     while the cases run."""
-    from harness import ceilings
+    from harness import ceilings, device
 
     facts = device.detect("cuda")
     if ceilings.load(facts) is not None:

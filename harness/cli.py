@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harness import config, device, faults, rundir_lock, specs
+from harness import rundir_lock
 from harness.errors import UsageError, os_error_text
 from harness.results import RunDir
 from harness.summary import fmt
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     try:
         return args.command(args, console)
-    except (config.ConfigError, UsageError) as exc:
+    except UsageError as exc:  # config.ConfigError is one too
         print(f"mfu: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # an output that cannot be written (read-only, full, missing), or an input unread
@@ -85,18 +85,43 @@ def _parser() -> argparse.ArgumentParser:
     gpus.set_defaults(command=_gpus)
 
     for name in COMMAND_MODULES:
-        importlib.import_module(name).add_command(sub)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name not in NEEDS:
+                raise
+            _unavailable(sub, name.rsplit(".", 1)[-1], exc.name)
+            continue
+        module.add_command(sub)
     return parser
 
 
-def default_suite(kind: str) -> config.Suite:
-    """The suite shipped inside the package for this device kind (works from any install)."""
+# What measuring needs and reading does not: without it, `mfu compare`, `history`, `report`,
+# `export` and `claims --from` still work, and the commands that measure say what is missing.
+NEEDS = ("torch", "triton")
+
+
+def _unavailable(sub, command: str, missing: str) -> None:
+    def refuse(args, console) -> int:
+        raise UsageError(f"mfu {command} needs {missing}, which is not installed")
+
+    p = sub.add_parser(command, help=f"(needs {missing}, not installed)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(command=refuse)
+
+
+def default_suite(kind: str):
+    """The suite (a config.Suite) shipped inside the package for this device kind."""
+    from harness import config
+
     name = f"default-{kind}.yaml"
     text = (resources.files("harness") / "suites" / name).read_text()
     return config.parse(text, f"<shipped {name}>")
 
 
 def _run(args, console: Console) -> int:
+    from harness import config, faults
+
     faults.check_environment()  # a malformed MFU_INJECT_FAULT is refused before anything is written
     if args.resume and args.force:
         raise UsageError("--force starts a run over and --resume continues one: give one of them")
@@ -121,6 +146,8 @@ def _run(args, console: Console) -> int:
 
 def _resume(args, console: Console) -> int:
     """Continue a run directory: the same suite, under its lock, after setting aside a cut-short line."""
+    from harness import config
+
     out = args.resume
     if not out.is_dir():
         raise UsageError(f"{out}: no such run directory")
@@ -148,6 +175,8 @@ def _resume(args, console: Console) -> int:
 
 
 def _device_kind(asked: str | None, previous: dict) -> str:
+    from harness import device
+
     kind = asked or previous.get("device_kind") or device.default_device()
     if kind == "cuda" and not _cuda_available():
         raise UsageError("--device cuda: no CUDA GPU is visible to torch")
@@ -207,7 +236,7 @@ def _cuda_available() -> bool:
 
 
 def _plan(args, console: Console) -> int:
-    from harness import plan, runner
+    from harness import config, device, plan, runner, specs
 
     suite = _only(config.load(args.config) if args.config else default_suite("cuda"), args.only)
     spec = None
@@ -238,6 +267,8 @@ def _plan(args, console: Console) -> int:
 
 
 def _gpus(args, console: Console) -> int:
+    from harness import device, specs
+
     if args.detect:
         if not _cuda_available():
             console.print("No CUDA GPU visible to torch: nothing to detect (a CPU has no datasheet peak).")

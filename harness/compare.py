@@ -25,7 +25,7 @@ from pathlib import Path
 from rich.console import Console
 
 from harness import runs as runs_mod
-from harness import tables, verdict, workloads
+from harness import tables, verdict
 from harness.errors import UsageError
 from harness.results import FAILED
 from harness.runs import Run
@@ -46,6 +46,7 @@ class Comparison:
     runs: list[dict] = field(default_factory=list)
     missing: dict[str, list[str]] = field(default_factory=dict)
     threshold: float | None = None
+    notes: list[str] = field(default_factory=list)  # e.g. runs timed with other settings than A
 
     @property
     def regressions(self) -> list[dict]:
@@ -103,14 +104,14 @@ def single(run: Run, baseline: str | None = None) -> Comparison:
         raise UsageError(f"--baseline: no backend {baseline!r} in {run.path} (it has {known})")
     result = Comparison([], [], [])
     for wl, rows in _by_workload(run.rows).items():
-        base = baseline or getattr(workloads.REGISTRY.get(wl), "baseline", None)
+        base = baseline or run.baseline(wl)
         problems = _group(rows, lambda r: r["backend"])
         backends = list(dict.fromkeys(r["backend"] for r in rows))
         if base not in backends:
             base = None
         else:
             backends = [base] + [b for b in backends if b != base]
-        params = runs_mod.param_names(wl) or ["case_id"]
+        params = run.params(wl) or ["case_id"]
         headers = params + ["dtype"] + [f"{b} {h}" for b in backends
                                         for h in ("TFLOPS", "MFU", "MBU", f"× {base}")]
         cells = []
@@ -172,21 +173,26 @@ def several(runs: list[Run], threshold: float = verdict.THRESHOLD) -> Comparison
     modes = ["reference"] + [_mode(ref, r) for r in runs[1:]]
     result = Comparison([], [], [], runs=[{**_describe(r, t, n), "mode": m}
                                           for r, t, n, m in zip(runs, tags, names, modes)], threshold=threshold)
+    settings = {tags[j]: runs_mod.timing_differences(ref, runs[j]) for j in range(1, len(runs))}
+    result.notes = [f"{tag} was timed with other settings than A ({', '.join(diffs)}): its times are not "
+                    "like for like" for tag, diffs in settings.items() if diffs]
     legend = Table("Runs", ["run", "name", "device", "versions", "started", "compared with A"],
                    [[d["tag"], d["name"], d["device"], runs_mod.versions_text(d["versions"]), d["started"],
-                     MODES.get(d["mode"], d["mode"])] for d in result.runs])
+                     MODES.get(d["mode"], d["mode"])] for d in result.runs], notes=list(result.notes))
     by_case = [r.by_case for r in runs]
     order = list(dict.fromkeys(cid for cases in by_case for cid in cases))
     for j in range(1, len(runs)):
         for cid in order:
             if cid in by_case[0] or cid in by_case[j]:
-                result.records.append(_pair(cid, by_case[0].get(cid), by_case[j].get(cid), ref, runs[j],
-                                            tags[j], modes[j], threshold))
+                result.records.append({**_pair(cid, by_case[0].get(cid), by_case[j].get(cid), ref, runs[j],
+                                                 tags[j], modes[j], threshold),
+                                       "settings_changed": ", ".join(settings[tags[j]])})
         for side, other in ((0, j), (j, 0)):
             gone = [cid for cid in by_case[side] if cid not in by_case[other]]
             if gone:
                 result.missing[f"only in {tags[side]}, not in {tags[other]}"] = gone
-    result.tables = [legend] + _pair_tables(result.records, by_case, tags, modes)
+    params = {wl: next((r.params(wl) for r in runs if r.params(wl)), []) for wl in _by_workload(result.records)}
+    result.tables = [legend] + _pair_tables(result.records, by_case, tags, modes, params)
     result.summary = _pair_summary(result.records)
     result.tables.append(_summary_table(result.summary, ["workload", "backend", "run", "cases", "faster",
                                                          "slower", "same", "failed", "geomean ×TFLOPS",
@@ -227,12 +233,13 @@ def _pair(cid: str, a: dict | None, b: dict | None, ref: Run, run: Run, tag: str
     return {**rec, "change": v.change, "verdict": v.verdict, "evidence": v.evidence, "p_value": v.p_value}
 
 
-def _pair_tables(records: list[dict], by_case: list[dict], tags: list[str], modes: list[str]) -> list[Table]:
+def _pair_tables(records: list[dict], by_case: list[dict], tags: list[str], modes: list[str],
+                 params_of: dict[str, list[str]] | None = None) -> list[Table]:
     out = []
     metric = "tflops" if any(r.get("tflops") for cases in by_case for r in cases.values()) else "time_ms"
     unit = "TFLOPS" if metric == "tflops" else "ms"
     for wl, recs in _by_workload(records).items():
-        params = runs_mod.param_names(wl) or ["case_id"]
+        params = (params_of or {}).get(wl) or ["case_id"]
         headers = params + ["dtype", "backend", f"A {unit}"]
         for tag, mode in zip(tags[1:], modes[1:]):
             headers += [f"{tag} {unit}"] + ([f"{tag} ×TFLOPS", f"{tag} ×MFU"] if mode == "cross-device"
@@ -331,7 +338,8 @@ def _identity(row: dict) -> dict:
 
 def _describe(run: Run, tag: str, name: str) -> dict:
     return {"tag": tag, "name": name, "path": str(run.path), "device": run.device_name,
-            "versions": run.versions(), "started": run.started}
+            "versions": run.versions(), "started": run.started,
+            "timing": {k: run.timing.get(k) for k in runs_mod.TIMING_SETTINGS}}
 
 
 def _ratio(num, den) -> float | None:
@@ -351,7 +359,8 @@ def render(result: Comparison, fmt: str, console: Console, out: Path | None = No
         text = tables.markdown(result.tables)
     elif fmt == "json":
         text = json.dumps({"runs": result.runs, "threshold": result.threshold, "cases": result.records,
-                           "summary": result.summary, "missing": result.missing}, indent=1, default=str) + "\n"
+                           "summary": result.summary, "missing": result.missing, "notes": result.notes},
+                          indent=1, default=str) + "\n"
     else:
         buffer = io.StringIO()
         columns = list(dict.fromkeys(k for r in result.records for k in r))

@@ -18,10 +18,11 @@ from pathlib import Path
 import yaml
 
 from harness import backends, workloads
+from harness.errors import UsageError
 from harness.timing import TimingSettings, check_setting
 
 
-class ConfigError(Exception):
+class ConfigError(UsageError):
     """A mistake in a suite file, reported as `FILE: PLACE: message` without a traceback."""
 
     def __init__(self, source: str, place: str, message: str):

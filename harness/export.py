@@ -3,8 +3,9 @@
 Each measured (`ok`) case with raw samples is one benchmark: `group` is the problem, so the
 backends of one problem sit together in `pytest-benchmark compare`; `stats` are computed by
 pytest-benchmark's own Stats class from the samples (in seconds, as it stores them) and include
-the raw `data`; `extra_info` carries the case's metrics (EXTRA_INFO); `machine_info["mfu"]` the
-device, peak entry and software from meta.json, the same shape the pytest plugin writes.
+the raw `data`; `extra_info` carries the case's columns (`extra_info()`); `machine_info["mfu"]` the
+device, peak entry, software and column schema from meta.json, the same shape the pytest plugin
+writes.
 `mfu compare` reads these files back (harness/runs.py).
 """
 
@@ -16,12 +17,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness import runs
+from harness import columns, runs
 from harness.errors import UsageError
 
-# Row columns copied into each benchmark's extra_info (workload parameters are added too).
-EXTRA_INFO = ("case_id", "workload", "backend", "dtype", "status", "flops", "bytes", "tflops", "gbps", "mfu",
-              "mbu", "intensity", "bound", "roofline", "mfu_ceiling", "mbu_ceiling", "device")
+LEFT_OUT = ("timing",)  # kinds extra_info leaves to pytest-benchmark's own stats
 
 
 def add_command(sub) -> None:
@@ -47,10 +46,19 @@ def _command(args, console: Console) -> int:
     return 0
 
 
-def machine_info(device: dict, peak: dict | None, software: dict) -> dict:
-    """What `machine_info["mfu"]` holds: the GPU facts, the peak entry used, and the software."""
+def machine_info(device: dict, peak: dict | None, software: dict, schema: dict | None = None) -> dict:
+    """What `machine_info["mfu"]` holds: the GPU facts, the peak entry used, the software, and the
+    column schema (harness/schema.py) that `mfu compare` reads the benchmarks back with."""
     return {"device": device, "peak": peak and {k: peak.get(k) for k in ("name", "key", "origin")},
-            "software": {k: v for k, v in software.items() if k != "argv"}}
+            "software": {k: v for k, v in software.items() if k != "argv"}, "schema": schema}
+
+
+def extra_info(row: dict, params: list[str]) -> dict:
+    """A row's columns for a benchmark's extra_info, in results.csv's order (parameters after the
+    identity): every registered column but the timing ones, which pytest-benchmark's stats hold,
+    and a failed worker's log; a workload's own columns too."""
+    return {k: row.get(k) for k in columns.csv_order(params, [row])
+            if columns.get(k).kind not in LEFT_OUT and k != "log_tail"}
 
 
 def to_pytest_benchmark(run: runs.Run) -> dict:
@@ -67,11 +75,10 @@ def to_pytest_benchmark(run: runs.Run) -> dict:
         stats = Stats()
         for ms in samples:
             stats.update(ms / 1e3)
-        params = runs.param_names(row["workload"])
         benchmarks.append({
             "group": runs.problem(row), "name": row["case_id"], "fullname": f"mfu::{row['case_id']}",
             "params": {"backend": row["backend"]}, "param": row["backend"],
-            "extra_info": {**{k: row.get(k) for k in EXTRA_INFO}, **{p: row.get(p) for p in params}},
+            "extra_info": extra_info(row, run.params(row["workload"])),
             "options": _options(meta), "stats": {**stats.as_dict(), "data": stats.data, "iterations": 1},
         })
     software = meta.get("software") or {}
@@ -80,7 +87,8 @@ def to_pytest_benchmark(run: runs.Run) -> dict:
         "machine_info": {"node": software.get("host"), "machine": "", "processor": "", "system": "",
                          "release": "", "python_version": software.get("python"),
                          "python_implementation": "CPython", "cpu": {},
-                         "mfu": machine_info(meta.get("device") or {}, meta.get("peak"), software)},
+                         "mfu": machine_info(meta.get("device") or {}, meta.get("peak"), software,
+                                             run.schema.data)},
         "commit_info": {"id": commit.removesuffix("-dirty") or None, "dirty": commit.endswith("-dirty"),
                         "project": "mfu-harness", "branch": None, "time": None},
         "benchmarks": benchmarks,

@@ -49,6 +49,17 @@ class History:
     ordered: list[Run]
     found: dict[str, list[Step]]
 
+    @property
+    def notes(self) -> list[str]:
+        """One line per pair of neighbouring runs timed with other settings (l2_flush, cuda_graph)."""
+        return [f"#{i + 1} was timed with other settings than #{i} ({', '.join(diffs)}): a step between them "
+                "may be the settings, not the software" for i in range(1, len(self.ordered))
+                if (diffs := runs.timing_differences(self.ordered[i - 1], self.ordered[i]))]
+
+    def params(self, workload: str) -> list[str]:
+        """The workload's parameter columns, from the first run whose schema knows it."""
+        return next((r.params(workload) for r in self.ordered if r.params(workload)), [])
+
 
 def add_command(sub) -> None:
     p = sub.add_parser("history", help="each case's TFLOPS and MFU over runs, with level steps",
@@ -146,6 +157,7 @@ def changed(before: Run, after: Run) -> str:
     short = lambda k, v: v[:10] if k == "git_commit" and v else v  # noqa: E731
     diffs = [f"{'git' if k == 'git_commit' else k} {short(k, a.get(k)) or '?'} → {short(k, b.get(k)) or '?'}"
              for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    diffs += runs.timing_differences(before, after)
     return ", ".join(diffs) or "no recorded software change"
 
 
@@ -177,7 +189,8 @@ def records(h: History) -> list[dict]:
             row, step = run.by_case[cid], at.get(i)
             out.append({"device": h.device, "case_id": cid, "workload": row["workload"], "backend": row["backend"],
                         "dtype": row["dtype"], "run": i + 1, "name": names[i], "started": run.started,
-                        **run.versions(), "time_ms": row["time_ms"], "tflops": row.get("tflops"),
+                        **run.versions(), **{k: run.timing.get(k) for k in runs.TIMING_SETTINGS},
+                        "time_ms": row["time_ms"], "tflops": row.get("tflops"),
                         "mfu": row.get("mfu"), "step_change": step.change if step else None,
                         "step_changed": step.changed if step else None})
     return out
@@ -188,11 +201,12 @@ def history_tables(h: History, prefix: str = "") -> list[Table]:
     legend = Table(f"{prefix}Runs, in order",
                    ["#", "name", "started", "device", "versions", "changed from the previous"],
                    [[str(i + 1), names[i], r.started, r.device_name, runs.versions_text(r.versions()),
-                     changed(h.ordered[i - 1], r) if i else ""] for i, r in enumerate(h.ordered)])
+                     changed(h.ordered[i - 1], r) if i else ""] for i, r in enumerate(h.ordered)],
+                   notes=h.notes)
     out = [legend]
     for metric, unit, pattern in (("tflops", "TFLOPS", None), ("mfu", "MFU", "{:.1%}")):
         for wl, cids in _bucket_cases(h).items():
-            params = runs.param_names(wl) or ["case_id"]
+            params = h.params(wl) or ["case_id"]
             cells = []
             for cid in cids:
                 known = next(r.by_case[cid] for r in h.ordered if cid in r.by_case)

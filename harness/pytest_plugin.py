@@ -16,8 +16,9 @@ Registered through the `pytest11` entry point, so installing mfu-harness makes i
   `pytest-benchmark compare` work unchanged. pytest-benchmark's own timer is not used: a host
   clock around an asynchronous GPU launch measures the launch, not the kernel. A skipped case is
   a skipped test; error, mismatch and suspect fail the test.
-- `extra_info` holds the case's metrics (TFLOPS, GB/s, MFU, MBU, ...: harness/export.py's
-  EXTRA_INFO); `machine_info["mfu"]` the GPU facts, peak entry and software, once an mfu test ran.
+- `extra_info` holds the case's columns (TFLOPS, GB/s, MFU, MBU, ...: harness/export.py's
+  `extra_info`, from the column registry); `machine_info["mfu"]` the GPU facts, peak entry,
+  software and column schema, once an mfu test ran.
 
 Nothing heavy is imported until a test asks for these fixtures: the plugin loads in every pytest
 session of an environment where mfu-harness is installed.
@@ -63,9 +64,9 @@ def mfu_context(pytestconfig):
 @pytest.fixture
 def mfu_benchmark(benchmark, mfu_context):
     """A function that runs one case into the `benchmark` fixture and returns its result row."""
-    from harness import runs
+    from harness import runs, workloads
     from harness.case import run_case
-    from harness.export import EXTRA_INFO
+    from harness.export import extra_info
 
     def run(case) -> dict:
         row, samples = run_case(case, mfu_context)
@@ -73,8 +74,8 @@ def mfu_benchmark(benchmark, mfu_context):
             pytest.skip(row["reason"])
         if row["status"] != "ok":
             pytest.fail(f"{row['status']}: {row['reason']}", pytrace=False)
-        params = runs.param_names(row["workload"])
-        benchmark.extra_info.update({**{k: row.get(k) for k in EXTRA_INFO}, **{p: row.get(p) for p in params}})
+        params = [p.name for p in workloads.REGISTRY[row["workload"]].params]
+        benchmark.extra_info.update(extra_info(row, params))
         benchmark.group = runs.problem(row)
         if benchmark.enabled:
             record(benchmark, samples)
@@ -104,9 +105,10 @@ def pytest_benchmark_update_machine_info(config, machine_info) -> None:
         return
     from harness import environment
     from harness.export import machine_info as facts
+    from harness.runner import schema_for
 
     spec = context.spec.to_dict() if context.spec else None
-    machine_info["mfu"] = facts(context.facts.to_dict(), spec, environment.software())
+    machine_info["mfu"] = facts(context.facts.to_dict(), spec, environment.software(), schema_for(_suite(config)))
 
 
 def _device(config) -> str:

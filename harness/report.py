@@ -117,6 +117,6 @@ def _sections(run: runs.Run) -> list[Table]:
     side_by_side = compare.single(run).tables
     every = []
     for wl in dict.fromkeys(r["workload"] for r in run.rows):
-        headers, cells = summary.table([r for r in run.rows if r["workload"] == wl], wl)
+        headers, cells = summary.table([r for r in run.rows if r["workload"] == wl], wl, schema=run.schema)
         every.append(Table(f"{wl}: every case", headers, cells))
     return side_by_side + every

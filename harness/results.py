@@ -21,16 +21,9 @@ import math
 import os
 from pathlib import Path
 
+from harness import columns
 from harness.errors import UsageError
 
-# The results contract (DESIGN.md): these columns, in this order, on every row; workload
-# parameter columns go after `dtype`, workload extras at the end.
-LEAD = ["case_id", "workload", "backend", "dtype"]
-MEASURED = ["status", "reason", "flops", "bytes", "time_ms", "time_ms_q1", "time_ms_q3", "samples",
-            "tflops", "gbps", "mfu", "mbu", "intensity", "bound", "roofline", "device"]
-EXTRA = ["roofline_ms", "noise", "peak_source", "mfu_ceiling", "mbu_ceiling", "exp_util", "limit",
-         "sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c", "energy_j", "throttle",
-         "mfu_at_clock", "peak_clock_mhz", "throttled"]
 FAILED = ("error", "mismatch", "suspect")  # statuses that make `mfu run` exit 1
 
 CORRUPT_SUFFIX = ".corrupt"  # where a cut-short last line is set aside
@@ -121,12 +114,14 @@ class RunDir:
         return meta
 
     def write_csv(self, rows: list[dict], param_columns: list[str]) -> Path:
-        columns = columns_for(rows, param_columns)
+        """results.csv: the results contract (DESIGN.md), columns in harness/columns.py's order
+        with the workload parameters after `dtype` and the workloads' extras at the end."""
+        names = columns.csv_order(param_columns, rows)
         buffer = io.StringIO(newline="")
-        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(buffer, fieldnames=names, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in names})
         out = self.path / "results.csv"
         _replace(out, buffer.getvalue())
         return out
@@ -135,12 +130,6 @@ class RunDir:
 def _corrupt_message(path: Path, line: int, problem: str) -> str:
     return (f"{path}: line {line} is {problem}, and it is not the last line: the file is corrupt "
             f"(kept as it is; move the run aside and run it again)")
-
-
-def columns_for(rows: list[dict], param_columns: list[str]) -> list[str]:
-    fixed = LEAD + param_columns + MEASURED + EXTRA
-    extras = [k for row in rows for k in row if k not in fixed]
-    return fixed + list(dict.fromkeys(extras))
 
 
 def _clean(row: dict) -> dict:

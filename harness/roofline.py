@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.schema import Schema
+
 MARKERS = "osD^vP*Xh<>"
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#7f7f7f"]
@@ -47,7 +49,8 @@ def figure(rows: list[dict], meta: dict):
     pts = points(rows)
     dtypes = list(dict.fromkeys(r["dtype"] for r in pts))
     backends = list(dict.fromkeys(r["backend"] for r in pts))
-    lines = roofs(meta, [_peak_key(d) for d in dtypes])
+    peak_key = Schema(meta.get("schema") or {}).peak_key  # the run's own dtype -> peak key
+    lines = roofs(meta, [peak_key(d) for d in dtypes])
     fig = Figure(figsize=(10, 6.5), layout="constrained")
     ax = fig.add_subplot()
     ax.set_xscale("log")
@@ -121,9 +124,3 @@ def _title(meta: dict, lines: list[dict], count: int) -> str:
     if "measured" not in bw:
         parts.append("no measured ceilings (run `mfu ceilings`)")
     return title + "\n" + "; ".join(parts)
-
-
-def _peak_key(dtype: str) -> str:
-    from harness.dtypes import DTYPES
-
-    return DTYPES[dtype].peak_key if dtype in DTYPES else dtype

@@ -14,7 +14,6 @@ spread of the pass medians.
 from __future__ import annotations
 
 import signal
-import statistics
 import threading
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -23,9 +22,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from harness import ceilings, environment, faults, report, summary, supervisor, workloads
+from harness import ceilings, columns, environment, faults, report, schema, summary, supervisor, workloads
 from harness.case import Context, finish_row
 from harness.config import Case, Suite
+from harness.dtypes import DTYPES
 from harness.results import FAILED, WORKER_LOG, RunDir
 from harness.timing import Timer
 from harness.worker import WorkerInfo, error_row
@@ -200,25 +200,13 @@ def _pool(passes: list[dict], samples: list[float] | None, case: Case, ctx: Cont
 
 
 def _pooled_telemetry(rows: list[dict]) -> dict:
-    def values(key):
-        return [r[key] for r in rows if r.get(key) is not None]
-
-    pooled = {}
-    if values("sm_clock_mhz"):
-        pooled["sm_clock_mhz"] = min(values("sm_clock_mhz"))  # the slowest pass is the one to notice
-    if values("power_w"):
-        pooled["power_w"] = statistics.fmean(values("power_w"))
-    if values("temp_c"):
-        pooled["temp_c"] = max(values("temp_c"))
-    if values("energy_j"):
-        pooled["energy_j"] = sum(values("energy_j"))
-    names = [n for r in rows for n in (r.get("throttle") or "").split(",") if n]
-    if any("throttle" in r for r in rows):
-        pooled["throttle"] = ",".join(dict.fromkeys(names))
-    return pooled
+    """The passes' telemetry pooled as the column registry says (the slowest SM clock, the mean
+    power, the hottest temperature, the total energy, every throttle reason seen)."""
+    return columns.pooled(rows, "telemetry")
 
 
 def _finish(run_dir: RunDir, suite: Suite, rows: list[dict], meta: dict) -> None:
+    meta["schema"] = schema_for(suite, rows)  # now with the extras the rows brought
     run_dir.write_meta(meta)
     run_dir.write_csv(rows, param_columns(suite))
     (run_dir.path / "summary.md").write_text(summary.markdown(rows, meta))
@@ -230,6 +218,14 @@ def param_columns(suite: Suite) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def schema_for(suite: Suite, rows: list[dict] = ()) -> dict:
+    """meta.json's column schema (harness/schema.py) for the suite's workloads and dtypes, so that
+    reading the run later needs neither torch nor the workload code."""
+    declared = {w: workloads.REGISTRY[w].declaration() for w in dict.fromkeys(c.workload for c in suite.cases)}
+    peak_keys = {d: DTYPES[d].peak_key for d in dict.fromkeys(c.dtype for c in suite.cases)}
+    return schema.build(declared, peak_keys, rows)
+
+
 def _meta(suite: Suite, ctx: Context, info: WorkerInfo, previous: dict, repeat: int, isolate: str) -> dict:
     return {
         "suite": suite.name, "suite_source": suite.source, "suite_text": suite.text,
@@ -237,7 +233,7 @@ def _meta(suite: Suite, ctx: Context, info: WorkerInfo, previous: dict, repeat: 
         "device": ctx.facts.to_dict(), "peak": ctx.spec.to_dict() if ctx.spec else None,
         "ceilings": ctx.ceilings, "telemetry": info.telemetry,
         "software": environment.software(), "started": previous.get("started") or environment.now(),
-        "finished": None, "resumed": bool(previous),
+        "finished": None, "resumed": bool(previous), "schema": schema_for(suite),
     }
 
 

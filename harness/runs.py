@@ -1,6 +1,8 @@
 """Finished runs as the comparison tools read them: a run directory or a pytest-benchmark JSON file.
 
-`load(path)` gives a Run: one row per case, raw sample times in ms, and meta.json. A
+`load(path)` gives a Run: one row per case (as a DataFrame, `frame`, and as plain dicts, `rows`,
+both from harness/frames.py, the one reader of a run directory), raw sample times in ms, meta.json
+and the run's column schema (harness/schema.py: parameters, baseline, units). A
 pytest-benchmark file (from `mfu export` or the pytest plugin, or any pytest-benchmark run) is read
 into the same shape: stats in seconds become milliseconds, `extra_info` gives the metrics, and
 `machine_info["mfu"]` the device and software. `find(paths)` expands directories that hold run
@@ -9,16 +11,15 @@ directories (such as results/) for `mfu history`.
 
 from __future__ import annotations
 
-import csv
 import json
-import re
-import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from harness import frames
 from harness.errors import UsageError
 from harness.results import RunDir
+from harness.schema import Schema, infer
 
 # What a comparison tells runs apart by, in the order it lists what changed between two runs.
 SOFTWARE_KEYS = ("torch", "triton", "harness", "git_commit", "cuda_runtime", "hip_runtime", "cudnn", "python")
@@ -30,6 +31,24 @@ class Run:
     meta: dict
     rows: list[dict]
     samples: dict[str, list[float]] = field(default_factory=dict)  # case_id -> sample times in ms
+    schema: Schema = field(default_factory=lambda: Schema({}))
+
+    @cached_property
+    def frame(self):
+        """The rows as a typed pandas DataFrame (harness/frames.py)."""
+        return frames.frame(self.rows, self.schema, self.meta)
+
+    def params(self, workload: str) -> list[str]:
+        """The workload's parameter columns in this run (m n k label for gemm)."""
+        return self.schema.params(workload)
+
+    def baseline(self, workload: str) -> str | None:
+        """The backend the workload's others were compared with when this run was made."""
+        return self.schema.baseline(workload)
+
+    @property
+    def timing(self) -> dict:
+        return self.meta.get("timing") or {}
 
     @cached_property
     def by_case(self) -> dict[str, dict]:
@@ -73,7 +92,12 @@ def load(path: str | Path) -> Run:
         if not (path / "cases.jsonl").exists():
             raise UsageError(f"{path}: not a run directory (no cases.jsonl)")
         run_dir = RunDir(path)
-        return Run(path, run_dir.read_meta(), final_rows(run_dir), run_dir.samples())
+        meta = run_dir.read_meta()
+        rows, schema = frames.read_run_dir(run_dir, meta)
+        run = Run(path, meta, [], run_dir.samples(), schema)
+        run.frame = frames.frame(rows, schema, meta)
+        run.rows = frames.records(run.frame)  # typed by the schema, whichever file they came from
+        return run
     if path.is_file():
         try:
             data = json.loads(path.read_text())
@@ -83,66 +107,6 @@ def load(path: str | Path) -> Run:
             raise UsageError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
         return from_pytest_benchmark(data, path)
     raise UsageError(f"{path}: no such run directory or pytest-benchmark JSON file")
-
-
-def final_rows(run_dir: RunDir) -> list[dict]:
-    """One row per case: results.csv (where `--repeat` passes are pooled) when it holds every case
-    of cases.jsonl; else cases.jsonl itself (the last row per case: a run still going, killed, or
-    whose results.csv is missing, empty or damaged). A run with neither is a UsageError."""
-    table_path = run_dir.path / "results.csv"
-    table, table_problem = _read_table(table_path) if table_path.exists() else ([], None)
-    try:
-        journal = run_dir.rows()
-    except UsageError as exc:  # a corrupt cases.jsonl: a sound results.csv can still be read
-        if not table or table_problem:
-            raise
-        _warn(f"{exc}; reading {table_path.name} instead")
-        return table
-    if table and not table_problem and {r["case_id"] for r in journal} <= {r["case_id"] for r in table}:
-        return table
-    if journal:
-        if table_problem:
-            _warn(f"{table_path}: {table_problem}; read the rows from {run_dir.cases_file.name} instead")
-        return list({r["case_id"]: r for r in journal}.values())
-    if table_problem:
-        raise UsageError(f"{table_path}: {table_problem}, and {run_dir.cases_file.name} has no rows to rebuild it from")
-    raise UsageError(f"{run_dir.path}: no finished cases ({run_dir.cases_file.name} holds no rows)")
-
-
-def _read_table(path: Path) -> tuple[list[dict], str | None]:
-    """results.csv's rows, and what is wrong with the file (None when it reads cleanly)."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            raw = list(reader)
-            header = reader.fieldnames or []
-    except (UnicodeDecodeError, csv.Error) as exc:
-        return [], f"unreadable ({exc})"
-    if not header:
-        return [], "empty"
-    if "case_id" not in header or "status" not in header:
-        return [], "no case_id and status columns (not a results table)"
-    for number, row in enumerate(raw, start=2):
-        if None in row or None in row.values() or not row["case_id"]:
-            return [], f"line {number} does not match the header (cut short?)"
-    return [{k: _value(v) for k, v in row.items()} for row in raw], None
-
-
-def _warn(message: str) -> None:
-    print(f"mfu: warning: {message}", file=sys.stderr)
-
-
-def _value(text: str):
-    """A results.csv cell back to what cases.jsonl held: None, bool, int, float or str."""
-    if text == "":
-        return None
-    if text in ("True", "False"):
-        return text == "True"
-    if re.fullmatch(r"-?\d+", text):
-        return int(text)
-    if re.fullmatch(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", text):
-        return float(text)
-    return text
 
 
 def find(paths: list[str | Path]) -> list[Run]:
@@ -165,12 +129,16 @@ def labels(runs: list[Run]) -> list[str]:
     return [f"{r.path.parent.name}/{n}" if names.count(n) > 1 else n for r, n in zip(runs, names)]
 
 
-def param_names(workload: str) -> list[str]:
-    """A known workload's parameter columns (m n k label for gemm); [] for one we do not know."""
-    from harness import workloads
+TIMING_SETTINGS = frames.TIMING_SETTINGS
 
-    wl = workloads.REGISTRY.get(workload)
-    return [p.name for p in wl.params] if wl else []
+
+def timing_differences(a: Run, b: Run) -> list[str]:
+    """How two runs' timing settings differ ('l2_flush on → off'); [] when they match or are unknown."""
+    def word(value) -> str:
+        return {True: "on", False: "off"}.get(value, "?")
+
+    return [f"{k} {word(a.timing.get(k))} → {word(b.timing.get(k))}" for k in TIMING_SETTINGS
+            if k in a.timing and k in b.timing and a.timing[k] != b.timing[k]]
 
 
 def problem(row: dict) -> str:
@@ -203,4 +171,8 @@ def from_pytest_benchmark(data: dict, path: Path) -> Run:
     commit = (data.get("commit_info") or {}).get("id")
     meta = {"device": device, "peak": ours.get("peak"), "software": {"git_commit": commit, **software},
             "started": data.get("datetime"), "source": "pytest-benchmark"}
-    return Run(path, meta, rows, samples)
+    schema = ours.get("schema")
+    if not isinstance(schema, dict) or not schema.get("columns"):
+        header = list(dict.fromkeys(k for r in rows for k in r))
+        schema = infer(header, rows, str(path), quiet=True)
+    return Run(path, meta, rows, samples, Schema(schema))

@@ -12,34 +12,42 @@ from collections import Counter
 from rich.console import Console
 from rich.table import Table
 
-from harness import workloads
+from harness import columns
+from harness.schema import Schema
 
-NUMBERS = [("time_ms", "ms", "{:.4g}"), ("tflops", "TFLOPS", "{:.4g}"), ("gbps", "GB/s", "{:.4g}"),
-           ("mfu", "MFU", "{:.1%}"), ("mfu_at_clock", "MFU@clock", "{:.1%}"), ("mbu", "MBU", "{:.1%}"), ("mfu_ceiling", "MFU/ceil", "{:.1%}"),
-           ("mbu_ceiling", "MBU/ceil", "{:.1%}"), ("exp_util", "exp util", "{:.1%}"), ("limit", "limit", "{}"),
-           ("bound", "bound", "{}"), ("roofline", "roofline", "{:.1%}"), ("noise", "±", "{:.1%}"),
-           ("drift", "drift", "{:.1%}"), ("sm_clock_mhz", "SM MHz", "{:.0f}"), ("power_w", "W", "{:.0f}"),
-           ("throttled", "throttled", "{}")]
+# The columns the summary shows (name, header, format), in the registry's order: the measured ones
+# (known only after timing) down to display priority 6, and of the formulas only `bound`.
+MEASURED_KINDS = ("timing", "metric", "ceiling", "clock", "telemetry")
+NUMBERS = [(c.name, c.title, c.fmt) for c in columns.COLUMNS
+           if (c.kind in MEASURED_KINDS and c.priority <= 6) or c.name == "bound"]
 
 
-def table(rows: list[dict], workload: str, notes: bool = True) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells for one workload's rows; columns empty in every row are left out."""
-    wl = workloads.REGISTRY[workload]
-    params = [p.name for p in wl.params]
-    extras = list(wl.summary_columns)
-    versus = _versus_baseline(rows, wl.baseline)
+def table(rows: list[dict], workload: str, notes: bool = True,
+          schema: Schema | None = None) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells for one workload's rows; columns empty in every row are left out.
+    `schema` is the run's (harness/schema.py); without one, the workload code running now says."""
+    declared = (schema or _live_schema(workload)).workload(workload)
+    params, extras, baseline = declared["params"], list(declared["summary_columns"]), declared["baseline"]
+    versus = _versus_baseline(rows, baseline)
     headers = (params + ["dtype", "backend", "status"] + [h for _, h, _ in NUMBERS] + extras
-               + ([f"× {wl.baseline}"] if wl.baseline else []) + (["note"] if notes else []))
+               + ([f"× {baseline}"] if baseline else []) + (["note"] if notes else []))
     cells = []
     for r in sorted(rows, key=lambda r: r["case_id"].rsplit(":", 1)[0]):
         ok = r["status"] == "ok"
         numbers = [fmt(r.get(k), f) if ok else "" for k, _, f in NUMBERS]
         cells.append([fmt(r.get(p), "{}") for p in params] + [r["dtype"], r["backend"], r["status"]]
                      + numbers + [fmt(r.get(k), "{:.4g}" if isinstance(r.get(k), float) else "{}") for k in extras]
-                     + ([fmt(versus.get(r["case_id"]), "{:.2f}")] if wl.baseline else [])
+                     + ([fmt(versus.get(r["case_id"]), "{:.2f}")] if baseline else [])
                      + ([r.get("reason") or ""] if notes else []))
     keep = [i for i in range(len(headers)) if any(row[i] for row in cells)]
     return [headers[i] for i in keep], [[row[i] for i in keep] for row in cells]
+
+
+def _live_schema(workload: str) -> Schema:
+    """The workload's declaration from the code itself: for the runner, which has it loaded."""
+    from harness import workloads
+
+    return Schema({"workloads": {workload: workloads.REGISTRY[workload].declaration()}})
 
 
 def _versus_baseline(rows: list[dict], baseline: str | None) -> dict[str, float]:
@@ -72,8 +80,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
     ]
     lines += callouts(rows)
+    schema = Schema(meta["schema"]) if meta.get("schema") else None
     for wl in dict.fromkeys(r["workload"] for r in rows):
-        headers, cells = table([r for r in rows if r["workload"] == wl], wl)
+        headers, cells = table([r for r in rows if r["workload"] == wl], wl, schema=schema)
         lines += [f"## {wl}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
         lines.append("")

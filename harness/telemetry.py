@@ -14,9 +14,9 @@ from __future__ import annotations
 import statistics
 import threading
 
-from harness import nvml
+from harness import columns, nvml
 
-COLUMNS = ["sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c", "energy_j", "throttle"]
+COLUMNS = [c.name for c in columns.COLUMNS if c.kind == "telemetry"]  # what Sampler.columns() fills
 
 # Clock-event reason bits (nvmlClocksEventReason*). GpuIdle, SyncBoost and the applications-clock
 # setting are not slowdowns of a busy card, so they are not reported.

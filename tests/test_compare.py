@@ -13,7 +13,7 @@ import statistics
 import numpy as np
 import pytest
 
-from harness import cli, compare, runs
+from harness import cli, compare, runs, schema
 from harness.results import RunDir
 
 H100 = {"kind": "cuda", "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-aaaa", "driver": "570.86"}
@@ -47,8 +47,11 @@ def make_run(path, cases: dict, device=None, software=None, started="2026-01-01T
             run_dir.append_samples(cid, list(value))
         run_dir.append(row)
         rows.append(row)
+    declared = {"gemm": {"params": ["m", "n", "k", "label"], "baseline": "torch", "summary_columns": []}}
+    dtypes = {r["dtype"]: r["dtype"] for r in rows}
     run_dir.write_meta({"suite": "synthetic", "device": device or H100, "software": software or SOFTWARE,
-                        "started": started, "finished": started, **(meta or {})})
+                        "started": started, "finished": started, "schema": schema.build(declared, dtypes, rows),
+                        **(meta or {})})
     if csv_too:
         run_dir.write_csv(rows, ["m", "n", "k", "label"])
     return path

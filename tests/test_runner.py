@@ -15,7 +15,8 @@ from rich.console import Console
 
 from harness import backends, config, memory, runner, specs
 from harness.backends import Backend
-from harness.results import LEAD, MEASURED, RunDir
+from harness import columns
+from harness.results import RunDir
 
 SUITE = """
 suite: unit
@@ -85,9 +86,14 @@ def test_results_follow_the_contract(tmp_path):
     assert run(suite(), tmp_path, isolate="run") == 0  # rows, samples and facts cross from the worker
     with open(tmp_path / "results.csv") as f:
         header = next(csv.reader(f))
-    assert header[:len(LEAD)] == LEAD
-    assert header[len(LEAD):len(LEAD) + 4] == ["m", "n", "k", "label"]
-    assert header[len(LEAD) + 4:len(LEAD) + 4 + len(MEASURED)] == MEASURED
+    # the results contract: this order, kept stable (new columns go at the end)
+    contract = ["case_id", "workload", "backend", "dtype", "m", "n", "k", "label", "status", "reason", "flops",
+                "bytes", "time_ms", "time_ms_q1", "time_ms_q3", "samples", "tflops", "gbps", "mfu", "mbu",
+                "intensity", "bound", "roofline", "device", "roofline_ms", "noise", "peak_source", "mfu_ceiling",
+                "mbu_ceiling", "exp_util", "limit", "sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c",
+                "energy_j", "throttle", "mfu_at_clock", "peak_clock_mhz", "throttled"]
+    assert header[:len(contract)] == contract
+    assert header == columns.csv_order(["m", "n", "k", "label"], [dict.fromkeys(header)])
     row = read_csv(tmp_path)[0]
     assert float(row["time_ms_q1"]) <= float(row["time_ms"]) <= float(row["time_ms_q3"])
     assert int(row["samples"]) >= 3

@@ -55,6 +55,11 @@ class Workload:
     summary_columns: tuple[str, ...] = ()  # extra result columns the summary table shows
     baseline: str | None = None  # the backend others are compared with ("× baseline" in the summary)
 
+    def declaration(self) -> dict:
+        """What a run directory's schema records of this workload (harness/schema.py)."""
+        return {"params": [p.name for p in self.params], "baseline": self.baseline,
+                "summary_columns": list(self.summary_columns)}
+
     def complete(self, p: dict) -> dict:
         """Fill defaults that depend on other parameters (e.g. decode's seq_q = 1); runs before validate."""
         return p
