@@ -48,13 +48,13 @@ def run(suite: Suite, device: str, out: Path, console: Console, resume: bool = F
     cases = supervisor.executor(isolate, device, suite.timing, run_dir.path)
     with _StopOnSignals() as stop:
         try:
-            return _run(suite, device, run_dir, console, resume, repeat, isolate, cases, stop)
+            return _run(suite, device, run_dir, console, resume, repeat, isolate, cases, stop, view)
         finally:
             cases.close(kill=True)  # a no-op unless the run ended early
 
 
 def _run(suite: Suite, device: str, run_dir: RunDir, console: Console, resume: bool, repeat: int,
-         isolate: str, cases, stop: _StopOnSignals) -> int:
+         isolate: str, cases, stop: _StopOnSignals, view: summary.View = summary.View()) -> int:
     meta = None
     interrupted = False
     try:
