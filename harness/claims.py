@@ -37,6 +37,8 @@ def add_command(sub) -> None:
     cmd.add_argument("--out", type=Path, help="run directory (default: runs/<time>-claims-<device>)")
     cmd.add_argument("--from", dest="source", type=Path, metavar="RUN",
                      help="evaluate the claims of an existing run directory instead of running the suite")
+    cmd.add_argument("--format", choices=("console", "md", "markdown", "csv", "json"),
+                     help="how the claims are printed (default: console on a terminal, md in a pipe or log)")
     cmd.set_defaults(command=_command)
 
 
@@ -54,7 +56,7 @@ def _command(args, console: Console) -> int:
     if args.source:  # reading only: no torch, no workload code
         if args.device or args.out:
             raise UsageError("--from evaluates an existing run: give it without --device and --out")
-        write(runs.load(args.source), console)
+        write(runs.load(args.source), console, args.format)
         return 0
     import torch
 
@@ -70,7 +72,7 @@ def _command(args, console: Console) -> int:
         if kind == "cuda":
             _ensure_ceilings(console)
         code = runner.run(suite, kind, out, console)
-    write(runs.load(out), console)
+    write(runs.load(out), console, args.format)
     return code
 
 
@@ -109,14 +111,57 @@ def table(findings: list[Finding], run: runs.Run) -> tables.Table:
     return tables.Table(f"Claims on {run.device_name}", HEADERS, rows, notes)
 
 
-def write(run: runs.Run, console: Console) -> list[Path]:
-    """Print the claims table and write claims.md and claims.html into the run directory."""
-    t = table(evaluate(run.rows, run.meta), run)
-    tables.print_console([t], console)
+def blocks(findings: list[Finding]) -> list[tuple[str, str, list[str]]]:
+    """One block per finding: the claim with its verdict and value, then its source and rule."""
+    return [(f"{f.claim}: {f.verdict}" + (f", {f.value}" if f.value else ""), f.verdict,
+             [f"source: {f.source}", f"rule: {f.measured}; holds when {f.holds_when}"]) for f in findings]
+
+
+def markdown(t: tables.Table, findings: list[Finding]) -> str:
+    lines = [f"# {t.title}", ""]
+    for head, _, below in blocks(findings):
+        lines += [f"- **{head}**"] + [f"  - {b}" for b in below]
+    return "\n".join(lines + [""] + [f"- {n}" for n in t.notes] + [""])
+
+
+def print_blocks(t: tables.Table, findings: list[Finding], console: Console) -> None:
+    """The claims as wrapped blocks fitted to the terminal, the verdict coloured."""
+    import textwrap
+
+    width = tables.width(console)
+    console.print(t.title, style="bold", markup=False)
+    colour = {"holds": "green", "does not hold": "red"}
+    for head, verdict_, below in blocks(findings):
+        console.print()
+        for line in textwrap.wrap(head, width, subsequent_indent="  "):
+            console.print(line, style=colour.get(verdict_), markup=False, no_wrap=True, soft_wrap=True)
+        for b in below:
+            for line in textwrap.wrap(b, width, initial_indent="    ", subsequent_indent="      ",
+                                      break_on_hyphens=False):
+                console.print(line, markup=False, no_wrap=True, soft_wrap=True)
+    console.print()
+    for note in t.notes:
+        for line in textwrap.wrap(note, width, subsequent_indent="  "):
+            console.print(line, markup=False, no_wrap=True, soft_wrap=True)
+
+
+def write(run: runs.Run, console: Console, fmt: str | None = None) -> list[Path]:
+    """Print the claims and write claims.md and claims.html into the run directory."""
+    findings = evaluate(run.rows, run.meta)
+    t = table(findings, run)
+    fmt = tables.output_format(fmt)
+    text = markdown(t, findings)
+    if fmt == "console":
+        print_blocks(t, findings, console)
+    elif fmt == "md":
+        print(text, end="")
+    else:
+        tables.emit([t], fmt, console, records=[vars(f) for f in findings])
     md, page = run.path / "claims.md", run.path / "claims.html"
-    md.write_text(tables.markdown([t], level=1))
+    md.write_text(text)
     page.write_text(_html(t))
-    console.print(f"claims: {md}, {page}")
+    if fmt in ("console", "md"):
+        console.print(f"claims: {md}, {page}", markup=False, soft_wrap=True)
     return [md, page]
 
 

@@ -17,16 +17,20 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.table import Table
 
-from harness import rundir_lock
+from harness import rundir_lock, tables
 from harness.errors import UsageError, os_error_text
 from harness.results import RunDir
 from harness.summary import fmt
 
+if TYPE_CHECKING:  # annotations only: reading commands must not import workloads (and torch)
+    from harness import config, specs, summary
+
 EXIT_USAGE = 2
+PLAN_SUMMARY_OVER = 60  # more planned cases than this: a grouped summary, not every case
 # Modules that each add one subcommand: a module-level `add_command(subparsers)` registers a parser
 # whose `command` default is a function (args, console) -> exit code.
 COMMAND_MODULES: list[str] = ["harness.ceilings", "harness.compare", "harness.history", "harness.report", "harness.export",
@@ -35,8 +39,11 @@ COMMAND_MODULES: list[str] = ["harness.ceilings", "harness.compare", "harness.hi
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # Logs and pipes get a wide console: rich's 80-column default folds every table cell.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    # A terminal's tables are fitted to its width (harness/tables.py); in a pipe or a CI log the
+    # tables are markdown and every other line is printed whole, never folded at 80 columns.
+    console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
+    if getattr(args, "format", None) in ("csv", "json"):
+        console = Console(highlight=False, stderr=True, soft_wrap=True)  # stdout carries only the data
     try:
         return args.command(args, console)
     except UsageError as exc:  # config.ConfigError is one too
@@ -71,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--case-timeout", type=_positive_float, metavar="S",
                      help="a case with no result after S seconds (compile and autotune included) is an error "
                           "row, and its worker is replaced (default: the suite's timing.case_timeout_s, 600)")
+    add_output_flags(run, columns=True)
+    run.add_argument("--long", action="store_true",
+                     help="one row per case instead of the backends side by side (implied by --columns and --wide)")
     run.set_defaults(command=_run)
 
     plan = sub.add_parser("plan", help="expand a suite and predict its cost, allocating nothing")
@@ -78,10 +88,15 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpu", help="peak table entry to predict on, e.g. h100-sxm (see `mfu gpus`)")
     plan.add_argument("--out", type=Path, help="write DIR/results.csv")
     plan.add_argument("--only", metavar="REGEX", help="plan only the cases whose case_id matches")
+    plan.add_argument("--all", action="store_true",
+                      help=f"list every case even when there are more than {PLAN_SUMMARY_OVER}")
+    add_output_flags(plan)
     plan.set_defaults(command=_plan)
 
-    gpus = sub.add_parser("gpus", help="list the peak table")
+    gpus = sub.add_parser("gpus", help="list the peak table, or one entry in full")
+    gpus.add_argument("key", nargs="?", help="one entry (e.g. h100-sxm): every figure with its sources")
     gpus.add_argument("--detect", action="store_true", help="show what this machine's GPU matched and why")
+    add_output_flags(gpus)
     gpus.set_defaults(command=_gpus)
 
     for name in COMMAND_MODULES:
@@ -108,6 +123,17 @@ def _unavailable(sub, command: str, missing: str) -> None:
     p = sub.add_parser(command, help=f"(needs {missing}, not installed)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(command=refuse)
+
+
+def add_output_flags(parser: argparse.ArgumentParser, columns: bool = False) -> None:
+    """--format (and for run, --columns and --wide): how a command's tables are printed."""
+    parser.add_argument("--format", choices=("console", "md", "markdown", "csv", "json"),
+                        help="console: fitted to the terminal; md: markdown; csv, json: the data "
+                             "(default: console on a terminal, md in a pipe or log)")
+    if columns:
+        parser.add_argument("-c", "--columns", metavar="SPEC",
+                            help="add or remove columns of the per-case table, e.g. +power_w,-gbps")
+        parser.add_argument("--wide", action="store_true", help="every column of the per-case table")
 
 
 def default_suite(kind: str):
@@ -189,13 +215,20 @@ def _measure(suite: config.Suite, kind: str, out: Path, console: Console, args, 
 
     try:
         return runner.run(suite, kind, out, console, resume=resume, repeat=args.repeat,
-                          isolate=args.isolate, case_timeout_s=args.case_timeout)
+                          isolate=args.isolate, case_timeout_s=args.case_timeout, view=_view(args))
     except OSError as exc:
         kept = RunDir(out).rows() if (out / "cases.jsonl").exists() else []
         if not kept:
             raise
         raise UsageError(f"{os_error_text(exc, out)}; the {len(kept)} finished cases are kept in "
                          f"{out / 'cases.jsonl'}: continue with --resume {out}") from None
+
+
+def _view(args) -> "summary.View":
+    from harness import summary
+
+    long = args.long or bool(args.columns) or args.wide
+    return summary.View("long" if long else "side", args.columns, args.wide, tables.output_format(args.format))
 
 
 def _only(suite: config.Suite, pattern: str | None) -> config.Suite:
@@ -247,23 +280,24 @@ def _plan(args, console: Console) -> int:
             raise UsageError(f"--gpu: {exc}") from None
     elif _cuda_available():
         spec = specs.resolve(device.detect("cuda"))
-    rows = plan.plan(suite, spec)
     if args.out and (args.out / "cases.jsonl").exists():
         raise UsageError(f"{args.out} holds a run: plan --out would replace its results.csv; choose another --out")
+    rows = plan.plan(suite, spec)
     if args.out:
         RunDir(args.out).write_csv(rows, runner.param_columns(suite))
-    table = Table(title=f"{suite.name}: {len(rows)} cases on {spec.name if spec else 'no GPU named (use --gpu)'}")
-    for h in ("case", "GFLOP", "MB", "intensity", "bound", "roofline ms", "memory GiB"):
-        table.add_column(h, justify="left" if h == "case" else "right")
-    for r in rows:
-        table.add_row(r["case_id"], f"{r['flops'] / 1e9:.3g}", f"{r['bytes'] / 1e6:.3g}",
-                      f"{r['intensity']:.1f}", r["bound"] or "", fmt(r["roofline_ms"], "{:.4f}"),
-                      f"{r['memory_gib']:.2f}")
-    console.print(table)
-    console.print(f"timing budget: at most about {plan.budget_s(suite):.0f} s plus set-up and autotuning")
-    if args.out:
+    fmt = tables.output_format(args.format)
+    shown = plan.tables(suite, rows, spec, every=args.all or len(rows) <= PLAN_SUMMARY_OVER or fmt in ("csv", "json"))
+    if len(rows) > PLAN_SUMMARY_OVER and not args.all and fmt not in ("csv", "json"):
+        shown[0].notes.append(f"{len(rows)} cases: every one is in " + (
+            f"{args.out / 'results.csv'}" if args.out else "DIR/results.csv with --out DIR") + " (or list them with --all)")
+    tables.emit(shown, fmt, console, records=rows)
+    if fmt in ("console", "md") and args.out:
         console.print(f"written: {args.out / 'results.csv'}")
     return 0
+
+
+GPU_COLUMNS = [("key", "key"), ("name", "name"), ("bf16", "bf16 TFLOPS"), ("fp8", "fp8 TFLOPS"),
+               ("bandwidth_tbs", "TB/s"), ("sms", "SMs"), ("origin", "peaks")]
 
 
 def _gpus(args, console: Console) -> int:
@@ -276,15 +310,39 @@ def _gpus(args, console: Console) -> int:
         for line in specs.explain(device.detect("cuda")):
             console.print(line)
         return 0
-    keys = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4")
-    table = Table(title="Dense datasheet peaks (TFLOPS) and memory bandwidth (TB/s)")
-    for h in ("key", "name", *keys, "TB/s", "SMs", "boost MHz", "L2 MB", "source"):
-        table.add_column(h, overflow="fold")
-    for s in specs.table():
-        numbers = [s.peaks_tflops.get(k) for k in keys] + [s.bandwidth_tbs, s.sms, s.boost_mhz, s.l2_mb]
-        table.add_row(s.key, s.name, *(fmt(v, "{:g}") for v in numbers), s.source)
-    console.print(table)
+    fmt = tables.output_format(args.format)
+    if args.key:
+        try:
+            spec = specs.lookup(args.key)
+        except ValueError as exc:
+            raise UsageError(f"mfu gpus: {exc}") from None
+        tables.emit([_gpu_entry(spec)], fmt, console, records=[spec.to_dict()])
+        return 0
+    rows = [[s.key, s.name, fmt_number(s.peaks_tflops.get("bf16")), fmt_number(s.peaks_tflops.get("fp8")),
+             fmt_number(s.bandwidth_tbs), fmt_number(s.sms), s.origin]
+            for s in specs.table()]
+    table = tables.Table("GPUs: dense datasheet peaks and memory bandwidth", [h for _, h in GPU_COLUMNS], rows,
+                         ["`mfu gpus KEY` shows one entry in full, with its sources; use the key with --gpu"],
+                         priorities=[0, 3, 0, 0, 0, 1, 2], keys=1)
+    tables.emit([table], fmt, console, records=[s.to_dict() for s in specs.table()])
     return 0
+
+
+def _gpu_entry(spec: specs.PeakSpec) -> tables.Table:
+    """One peak-table entry, every figure a row, with its source and notes below."""
+    figures = [("name", spec.name), ("architecture", spec.arch), ("origin", spec.origin)]
+    figures += [(f"{k} dense TFLOPS" if k != "int8" else "int8 dense TOPS", fmt_number(v))
+                for k, v in spec.peaks_tflops.items()]
+    figures += [("memory bandwidth TB/s", fmt_number(spec.bandwidth_tbs)), ("memory GB", fmt_number(spec.memory_gb)),
+                ("SMs", fmt_number(spec.sms)), ("boost clock MHz", fmt_number(spec.boost_mhz)),
+                ("L2 MB", fmt_number(spec.l2_mb))]
+    notes = [f"source: {spec.source}"] + ([f"notes: {spec.notes}"] if spec.notes else [])
+    return tables.Table(f"{spec.key}: {spec.name}", ["figure", "value"],
+                        [[k, v] for k, v in figures if v], notes)
+
+
+def fmt_number(value) -> str:
+    return fmt(value, "{:g}")
 
 
 if __name__ == "__main__":

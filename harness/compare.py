@@ -25,13 +25,13 @@ from pathlib import Path
 from rich.console import Console
 
 from harness import runs as runs_mod
-from harness import tables, verdict
+from harness import summary, tables, verdict
 from harness.errors import UsageError
 from harness.results import FAILED
 from harness.runs import Run
 from harness.tables import Table, number, tflops
 
-FORMATS = ("console", "markdown", "csv", "json")
+FORMATS = ("console", "md", "markdown", "csv", "json")  # markdown: the older name of md
 # How each run after the first is compared with it: a code (csv, json) and its words (tables).
 MODES = {"same-device": "same device: verdicts", "same-model": "same model, another card: verdicts",
          "cross-device": "another device: TFLOPS and MFU ratios"}
@@ -62,7 +62,8 @@ def add_command(sub) -> None:
     p.add_argument("--threshold", type=fraction, default=verdict.THRESHOLD,
                    help="smallest change that can be a verdict, e.g. 5%% or 0.05 (default 5%%)")
     p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a case is slower or failed")
-    p.add_argument("--format", choices=FORMATS, default="console")
+    p.add_argument("--format", choices=FORMATS,
+                   help="default: console on a terminal (fitted to its width), md in a pipe or log")
     p.add_argument("--out", type=Path, metavar="FILE", help="write there instead of stdout (not for console)")
     p.set_defaults(command=_command)
 
@@ -81,8 +82,8 @@ def fraction(text: str) -> float:
 
 
 def _command(args, console: Console) -> int:
-    if args.out and args.format == "console":
-        raise UsageError("--out needs --format markdown, csv or json")
+    if args.out and args.format in (None, "console"):
+        raise UsageError("--out needs --format md, csv or json")
     loaded = [runs_mod.load(p) for p in args.runs]
     if len(loaded) == 1:
         result = single(loaded[0], args.baseline)
@@ -90,7 +91,7 @@ def _command(args, console: Console) -> int:
         if args.baseline:
             raise UsageError("--baseline applies to one run; with several, the first run is the reference")
         result = several(loaded, args.threshold)
-    render(result, args.format, console, args.out)
+    render(result, tables.output_format(args.format), console, args.out)
     return 1 if args.fail_on_regression and result.regressions else 0
 
 
@@ -111,43 +112,21 @@ def single(run: Run, baseline: str | None = None) -> Comparison:
             base = None
         else:
             backends = [base] + [b for b in backends if b != base]
-        params = run.params(wl) or ["case_id"]
-        headers = params + ["dtype"] + [f"{b} {h}" for b in backends
-                                        for h in ("TFLOPS", "MFU", "MBU", f"× {base}")]
-        cells = []
         for by_backend in problems.values():
-            first = next(iter(by_backend.values()))
-            line = [number(first.get(p)) for p in params] + [first.get("dtype") or ""]
             for b in backends:
                 r = by_backend.get(b)
-                speedup = _speedup(by_backend.get(base), r) if b != base else None
                 if r is not None:
+                    speedup = summary.speedup(by_backend.get(base), r) if b != base else None
                     result.records.append({**_identity(r), "status": r["status"], "time_ms": r.get("time_ms"),
                                            "tflops": r.get("tflops"), "mfu": r.get("mfu"), "mbu": r.get("mbu"),
                                            "baseline": base, "speedup": speedup})
-                line += _numbers(r) + [number(speedup, "{:.2f}")]
-            cells.append(line)
-        result.tables.append(Table(f"{wl}: backends side by side" + (f", speedup over {base}" if base else ""),
-                                   headers, cells))
+        result.tables.append(summary.side_by_side(rows, wl, base, schema=run.schema))
         result.summary += _single_summary(wl, [r for r in result.records if r["workload"] == wl], base)
-    result.tables.append(_summary_table(result.summary, ["workload", "backend", "cases", "geomean MFU",
-                                                         "geomean speedup"]))
+    if result.summary:
+        result.tables.append(_summary_table(result.summary, ["workload", "backend", "cases", "geomean MFU",
+                                                             "geomean speedup"]))
     result.runs = [_describe(run, "A", run.path.name)]
     return result
-
-
-def _speedup(base: dict | None, row: dict | None) -> float | None:
-    if not (base and row and base["status"] == row["status"] == "ok" and base.get("time_ms") and row.get("time_ms")):
-        return None
-    return base["time_ms"] / row["time_ms"]
-
-
-def _numbers(row: dict | None) -> list[str]:
-    if row is None:
-        return ["", "", ""]
-    if row["status"] != "ok":
-        return [row["status"], "", ""]
-    return [tflops(row.get("tflops")), number(row.get("mfu"), "{:.1%}"), number(row.get("mbu"), "{:.1%}")]
 
 
 def _single_summary(wl: str, records: list[dict], base: str | None) -> list[dict]:
@@ -194,9 +173,10 @@ def several(runs: list[Run], threshold: float = verdict.THRESHOLD) -> Comparison
     params = {wl: next((r.params(wl) for r in runs if r.params(wl)), []) for wl in _by_workload(result.records)}
     result.tables = [legend] + _pair_tables(result.records, by_case, tags, modes, params)
     result.summary = _pair_summary(result.records)
-    result.tables.append(_summary_table(result.summary, ["workload", "backend", "run", "cases", "faster",
-                                                         "slower", "same", "failed", "geomean ×TFLOPS",
-                                                         "geomean ×MFU"]))
+    if result.summary:  # runs with no case in common have nothing to average
+        result.tables.append(_summary_table(result.summary, ["workload", "backend", "run", "cases", "faster",
+                                                             "slower", "same", "inconclusive", "failed",
+                                                             "geomean ×TFLOPS", "geomean ×MFU"]))
     for what, ids in result.missing.items():
         shown = ids[:SHOWN_MISSING] + ([f"... and {len(ids) - SHOWN_MISSING} more"] if len(ids) > SHOWN_MISSING else [])
         result.tables.append(Table(f"{len(ids)} cases {what}", [], [], notes=shown))
@@ -265,7 +245,9 @@ def _pair_tables(records: list[dict], by_case: list[dict], tags: list[str], mode
                     line += [number(r["change"], "{:+.1%}"), r["verdict"], r["evidence"]]
             cells.append(line)
         notes = [f"{hidden} cases skipped in every run are not shown"] if hidden else []
-        out.append(Table(wl, headers, cells, notes))
+        priorities = [0 if h.endswith(("verdict", "Δ", unit)) else 0 if h == "backend" else 3 if "evidence" in h
+                      else 2 if "×" in h else 1 for h in headers]
+        out.append(Table(wl, headers, cells, notes, priorities=priorities, keys=len(params) + 2))
     return out
 
 
@@ -283,7 +265,7 @@ def _pair_summary(records: list[dict]) -> list[dict]:
     out = []
     for (wl, backend, tag), recs in _bucket(records, lambda r: (r["workload"], r["backend"], r["run"])).items():
         both = [r for r in recs if r["status_ref"] == r["status_run"] == "ok"]
-        counts = {v: sum(1 for r in recs if r["verdict"] == v) for v in ("faster", "slower", "same", "failed")}
+        counts = {v: sum(1 for r in recs if r["verdict"] == v) for v in ("faster", "slower", "same", "inconclusive", "failed")}
         ratios = [r["tflops_ratio"] if r["tflops_ratio"] is not None else _ratio(r["time_ms_ref"], r["time_ms_run"])
                   for r in both]
         if not both and not any(counts.values()):
@@ -355,8 +337,10 @@ def render(result: Comparison, fmt: str, console: Console, out: Path | None = No
         if result.regressions:
             console.print(f"[red]{len(result.regressions)} regressions (slower or failed)[/]")
         return
-    if fmt == "markdown":
+    if fmt in ("md", "markdown"):
         text = tables.markdown(result.tables)
+        if result.regressions:
+            text += f"\n**{len(result.regressions)} regressions (slower or failed)**\n"
     elif fmt == "json":
         text = json.dumps({"runs": result.runs, "threshold": result.threshold, "cases": result.records,
                            "summary": result.summary, "missing": result.missing, "notes": result.notes},

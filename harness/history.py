@@ -69,7 +69,8 @@ def add_command(sub) -> None:
     p.add_argument("--by", choices=BY, default="time", help="order runs by start time or a software version")
     p.add_argument("--threshold", type=compare.fraction, default=verdict.THRESHOLD,
                    help="smallest level change that is a step, e.g. 5%% (default 5%%)")
-    p.add_argument("--format", choices=compare.FORMATS, default="console")
+    p.add_argument("--format", choices=compare.FORMATS,
+                   help="default: console on a terminal (fitted to its width), md in a pipe or log")
     p.add_argument("--plot", type=Path, default=Path("history.png"), metavar="FILE",
                    help="the chart, PNG (an SVG is written beside it; default history.png)")
     p.set_defaults(command=_command)
@@ -77,11 +78,12 @@ def add_command(sub) -> None:
 
 def _command(args, console: Console) -> int:
     histories = build(runs.find(args.paths), args.by, args.threshold)
-    render(histories, args.format, console)
+    fmt = tables.output_format(args.format)
+    render(histories, fmt, console)
     for h in histories:
         path = args.plot if len(histories) == 1 else args.plot.with_stem(f"{args.plot.stem}-{_slug(h.device)}")
         paths = plot(h, path, args.by)
-        print(f"plot: {', '.join(map(str, paths))}", file=sys.stdout if args.format == "console" else sys.stderr)
+        print(f"plot: {', '.join(map(str, paths))}", file=sys.stdout if fmt == "console" else sys.stderr)
     return 0
 
 
@@ -129,7 +131,7 @@ def steps(ordered: list[Run], case_id: str, threshold: float = verdict.THRESHOLD
         if hi - lo < 2:
             return
         k = min(range(lo + 1, hi), key=lambda k: _deviation(logs[lo:k]) + _deviation(logs[k:hi]))
-        if verdict.judge(pooled(lo, k), pooled(k, hi), threshold).verdict != "same":
+        if verdict.judge(pooled(lo, k), pooled(k, hi), threshold).verdict in ("faster", "slower"):
             cuts.append(k)
             split(lo, k)
             split(k, hi)
@@ -221,10 +223,13 @@ def history_tables(h: History, prefix: str = "") -> list[Table]:
                 cells.append(labels + values)
             if any(v for line in cells for v in line[len(params) + 2:]):
                 out.append(Table(f"{prefix}{wl}: {unit} by run (▲ ▼: a step up or down)",
-                                 params + ["dtype", "backend"] + [f"#{i + 1}" for i in range(len(h.ordered))], cells))
+                                 params + ["dtype", "backend"] + [f"#{i + 1}" for i in range(len(h.ordered))], cells,
+                                 priorities=[1] * (len(params) + 1) + [0] * (1 + len(h.ordered)),
+                                 keys=len(params) + 2))
     found_steps = [s for case_steps in h.found.values() for s in case_steps]
     out.append(Table(f"{prefix}Steps ({len(found_steps)})", ["case", "at run", "change", "evidence", "what changed"],
                      [[s.case_id, f"#{s.at + 1}", f"{s.change:+.1%}", s.evidence, s.changed] for s in found_steps],
+                     priorities=[0, 0, 0, 3, 0],
                      notes=[] if found_steps else ["no case changed level beyond the threshold"]))
     return out
 
@@ -238,7 +243,7 @@ def _bucket_cases(h: History) -> dict[str, list[str]]:
 
 
 def render(histories: list[History], fmt: str, console: Console) -> None:
-    if fmt in ("console", "markdown"):
+    if fmt in ("console", "md", "markdown"):
         shown = [t for h in histories
                  for t in history_tables(h, f"{h.device}: " if len(histories) > 1 else "")]
         if fmt == "console":

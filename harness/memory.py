@@ -34,11 +34,22 @@ def _host_available() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def required_bytes(need: int) -> int:
+    """What a case needs free to start: the workload's estimate with margin and headroom. `mfu plan`
+    shows this same figure, so plan and run agree on what a case needs."""
+    return int(need * MARGIN) + HEADROOM
+
+
+def gib(nbytes: float) -> str:
+    """Bytes as GiB text, the one format plan and run use: '372,531.2'."""
+    return f"{nbytes / 2**30:,.1f}"
+
+
 def shortfall(need: int, device: str) -> str | None:
     """None if `need` bytes fit with margin, else the skip reason."""
-    want = int(need * MARGIN) + HEADROOM
+    want = required_bytes(need)
     free = free_bytes(device)
     if want <= free:
         return None
     where = "device" if device == "cuda" else "host"
-    return f"needs {want / 2**30:.1f} GiB, {free / 2**30:.1f} GiB {where} memory free"
+    return f"needs {gib(want)} GiB, {gib(free)} GiB {where} memory free"

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from harness import ceilings, columns, environment, faults, report, schema, summary, supervisor, workloads
+from harness import ceilings, columns, environment, faults, report, schema, summary, supervisor, tables, workloads
 from harness.case import Context, finish_row
 from harness.config import Case, Suite
 from harness.dtypes import DTYPES
@@ -36,7 +36,7 @@ TAIL_SHOWN = 6  # lines of a failed worker's output shown on the console (the ro
 
 
 def run(suite: Suite, device: str, out: Path, console: Console, resume: bool = False, repeat: int = 1,
-        isolate: str = "run", case_timeout_s: float | None = None) -> int:
+        isolate: str = "run", case_timeout_s: float | None = None, view: summary.View = summary.View()) -> int:
     """Run the suite into `out` (continuing it when resume is set); return the exit code.
 
     isolate: "run" (one worker, replaced after a fatal case), "case" (a fresh worker per case) or
@@ -48,13 +48,13 @@ def run(suite: Suite, device: str, out: Path, console: Console, resume: bool = F
     cases = supervisor.executor(isolate, device, suite.timing, run_dir.path)
     with _StopOnSignals() as stop:
         try:
-            return _run(suite, device, run_dir, console, resume, repeat, isolate, cases, stop)
+            return _run(suite, device, run_dir, console, resume, repeat, isolate, cases, stop, view)
         finally:
             cases.close(kill=True)  # a no-op unless the run ended early
 
 
 def _run(suite: Suite, device: str, run_dir: RunDir, console: Console, resume: bool, repeat: int,
-         isolate: str, cases, stop: _StopOnSignals) -> int:
+         isolate: str, cases, stop: _StopOnSignals, view: summary.View = summary.View()) -> int:
     meta = None
     interrupted = False
     try:
@@ -91,7 +91,7 @@ def _run(suite: Suite, device: str, run_dir: RunDir, console: Console, resume: b
                 if result.samples:
                     run_dir.append_samples(row["case_id"], result.samples, row.get("pass"))
                 run_dir.append(row)
-                progress.console.print(_line(row))
+                progress.console.print(_line(row, tables.width(console)))
                 if result.log_tail:
                     progress.console.print(escape(_head(result.log_tail)), style="dim")
                 progress.advance(task)
@@ -107,7 +107,7 @@ def _run(suite: Suite, device: str, run_dir: RunDir, console: Console, resume: b
     rows = _final_rows(suite, run_dir, ctx)
     meta.update(finished=None if interrupted else environment.now(), interrupted=interrupted)
     _finish(run_dir, suite, rows, meta)
-    summary.print_console(rows, console)
+    summary.print_console(rows, console, view)
     report.write(run_dir.path, console)  # never raises: a report is not worth losing a run over
     console.print(f"results: {run_dir.path}")
     if interrupted:
@@ -249,16 +249,20 @@ def _short(case: Case, pass_index: int, repeat: int) -> str:
     return text + (f" (pass {pass_index + 1}/{repeat})" if repeat > 1 else "")
 
 
-def _line(row: dict) -> str:
+def _line(row: dict, width: int = 10_000) -> str:
+    """One finished case: status and numbers first (never cut), then the case id and any reason,
+    shortened in the middle so the line fits the terminal."""
     status = row["status"]
-    text = f"{status:<8} {row['case_id']}"
+    head = f"{status:<8}"
     if status == "ok":
-        text += f"  {row['time_ms']:.4g} ms  {row['tflops']:.2f} TFLOPS  {row['gbps']:.0f} GB/s"
+        head += f" {row['time_ms']:.4g} ms  {row['tflops']:.2f} TFLOPS  {row['gbps']:.0f} GB/s"
         if row.get("mfu") is not None:
-            text += f"  MFU {row['mfu']:.1%}  MBU {row['mbu']:.1%}"
+            head += f"  MFU {row['mfu']:.1%}  MBU {row['mbu']:.1%}"
     if row.get("throttled"):
-        text += f"  throttled: SM clock {row['sm_clock_mhz']:.0f} MHz ({row.get('throttle') or 'clock'})"
-    if row.get("reason"):
-        text += f"  ({row['reason']})"
+        head += f"  throttled: SM clock {row['sm_clock_mhz']:.0f} MHz"
+    room = max(width - len(head) - 2, 20)
+    tail = row["case_id"] + "".join(f"  ({row[k]})" for k in ("throttle", "reason")
+                                    if row.get(k) and (k == "reason" or row.get("throttled")))
+    text = f"{head}  {tables.shorten(tail, room)}"
     colour = {"ok": "green", "skipped": "dim", "suspect": "magenta"}.get(status, "red")
     return f"[{colour}]{escape(text)}[/]"

@@ -1,4 +1,6 @@
-"""The run's comparison table, built once and rendered to markdown (summary.md) or the console.
+"""The run's tables: summary.md (every column, markdown) and the console summary at the end of
+`mfu run` (and `mfu compare RUN`): by default one row per problem with the backends side by side
+(`side_by_side`), or one row per case with chosen columns (`long_table`).
 
 Rows are grouped per problem so the backends of one problem sit together. Only `ok` rows show
 numbers: a suspect, mismatched or failed case shows its status and reason instead, never a
@@ -8,12 +10,14 @@ figure that cannot be trusted.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from rich.console import Console
-from rich.table import Table
 
-from harness import columns
+from harness import columns, tables
+from harness.runs import problem
 from harness.schema import Schema
+from harness.tables import Footnotes, Table, number, tflops
 
 # The columns the summary shows (name, header, format), in the registry's order: the measured ones
 # (known only after timing) down to display priority 6, and of the formulas only `bound`.
@@ -79,8 +83,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"- started {meta.get('started', '?')}, finished {meta.get('finished') or 'not (interrupted)'}",
         "",
     ]
-    lines += callouts(rows)
     schema = Schema(meta["schema"]) if meta.get("schema") else None
+    lines += callouts(rows)
     for wl in dict.fromkeys(r["workload"] for r in rows):
         headers, cells = table([r for r in rows if r["workload"] == wl], wl, schema=schema)
         lines += [f"## {wl}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -157,20 +161,146 @@ def _throttle_says(r: dict) -> str:
     return "; ".join(parts) or "throttled"
 
 
-def print_console(rows: list[dict], console: Console) -> None:
-    """The measured rows as a table; skipped rows are only counted (summary.md lists them)."""
+@dataclass(frozen=True)
+class View:
+    """How the console shows a run: `side` (one row per problem, backends side by side) or `long`
+    (one row per case, columns chosen by `columns`/`wide`); and in which format."""
+
+    form: str = "side"
+    columns: str | None = None  # --columns spec, e.g. "+power_w,-gbps"
+    wide: bool = False
+    fmt: str = "console"
+
+
+# The long table's compact default, after the problem's parameters and before one workload column.
+COMPACT = ["dtype", "backend", "status", "time_ms", "tflops", "gbps", "mfu", "mbu"]
+NOT_SHOWN = {"case_id", "workload", "reason", "log_tail", "pass"}  # in the row, not a table column
+
+
+def console_tables(rows: list[dict], view: View = View()) -> list[Table]:
+    """The run's summary as Tables: per workload, side by side or long; skipped rows only counted
+    when a whole problem was skipped on every backend."""
+    out = []
     for wl in dict.fromkeys(r["workload"] for r in rows):
         mine = [r for r in rows if r["workload"] == wl]
-        shown = [r for r in mine if r["status"] != "skipped"]
-        if shown:
-            headers, cells = table(shown, wl)
-            numeric = {h for _, h, _ in NUMBERS}
-            t = Table(title=wl)
-            for h in headers:
-                t.add_column(h, justify="right" if h in numeric else "left", overflow="fold")
-            for row in cells:
-                t.add_row(*row)
-            console.print(t)
-        skipped = len(mine) - len(shown)
-        if skipped:
-            console.print(f"{wl}: {skipped} skipped (reasons in summary.md)")
+        if view.form == "side":
+            out.append(side_by_side(mine, wl))
+        else:
+            out.append(long_table(mine, wl, view.columns, view.wide))
+    return out
+
+
+def print_console(rows: list[dict], console: Console, view: View = View()) -> None:
+    """The measured rows at the end of a run, in the view's form and format."""
+    tables.emit(console_tables(rows, view), view.fmt, console, records=rows)
+
+
+def identity_columns(rows: list[dict], params: list[str]) -> tuple[list[str], list[int]]:
+    """The problem's parameter columns and their priorities: a parameter that a preset's label
+    determines (a model's width, say) is dropped early when narrow; the label stays."""
+    params = list(params)
+    labels = [r.get("label") for r in rows]
+    priorities = []
+    for p in params:
+        seen: dict = {}
+        determined = p != "label" and all(labels) and all(seen.setdefault(l, r.get(p)) == r.get(p)
+                                                         for l, r in zip(labels, rows))
+        priorities.append(4 if determined else 1)
+    return params, priorities
+
+
+def side_by_side(rows: list[dict], workload: str, baseline: str | None = None,
+                 schema: Schema | None = None) -> Table:
+    """One row per problem: each backend's throughput (TFLOPS, or GB/s when the problem is memory
+    bound) and its speedup over the baseline backend; a case that is not ok shows its status, with
+    the reason as a numbered note. `schema`: the run's (without one, the workload code says)."""
+    declared = (schema or _live_schema(workload)).workload(workload)
+    params, priorities = identity_columns(rows, declared["params"])
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    base = baseline or declared["baseline"]
+    if base in backends:
+        backends = [base] + [b for b in backends if b != base]
+    else:
+        base = None
+    problems: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        problems.setdefault(problem(r), {})[r["backend"]] = r
+    notes = Footnotes()
+    headers = params + ["dtype", "unit"]
+    short = list(headers)
+    prios = priorities + [1, 0]
+    for k, b in enumerate(backends):
+        headers.append(b)
+        short.append(chr(ord("A") + k) if k < 26 else b)
+        prios.append(0)
+        if base and b != base:
+            headers.append(f"×{base}" if len(backends) == 2 else "×")
+            short.append("×")
+            prios.append(2)
+    cells, all_skipped = [], 0
+    for by_backend in problems.values():
+        if all(r["status"] == "skipped" for r in by_backend.values()):
+            all_skipped += 1
+            continue
+        first = next(iter(by_backend.values()))
+        memory = first.get("bound") == "memory"
+        line = [param_cell(p, first.get(p)) for p in params] + [first.get("dtype") or "",
+                                                             "GB/s" if memory else "TFLOPS"]
+        for b in backends:
+            r = by_backend.get(b)
+            if r is None:
+                line.append("")
+            elif r["status"] != "ok":
+                line.append(r["status"] + notes.mark(r.get("reason")))
+            else:
+                line.append(number(r.get("gbps"), "{:.4g}") if memory else tflops(r.get("tflops")))
+            if base and b != base:
+                line.append(number(speedup(by_backend.get(base), r), "{:.2f}×"))
+        cells.append(line)
+    title = workload + (f": throughput by backend, × = speedup over {base}" if base else ": throughput by backend")
+    extra = [f"{all_skipped} problems skipped on every backend (reasons in summary.md)"] if all_skipped else []
+    return Table(title, headers, cells, extra + notes.notes(), priorities=prios, keys=len(params) + 1,
+                 short_headers=short)
+
+
+def speedup(base: dict | None, row: dict | None) -> float | None:
+    """Base time over this time: the throughput ratio, for TFLOPS and GB/s alike."""
+    if not (base and row and base["status"] == row["status"] == "ok" and base.get("time_ms") and row.get("time_ms")):
+        return None
+    return base["time_ms"] / row["time_ms"]
+
+
+def long_table(rows: list[dict], workload: str, spec: str | None = None, wide: bool = False,
+               schema: Schema | None = None) -> Table:
+    """One row per case: the problem, then the columns chosen from the compact default, --columns
+    and --wide; a reason is a numbered note on the status."""
+    declared = (schema or _live_schema(workload)).workload(workload)
+    params, param_priorities = identity_columns(rows, declared["params"])
+    extras = list(declared["summary_columns"])
+    present = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in NOT_SHOWN and k not in params]
+    available = [c for c in COMPACT + extras if c in present or c in COMPACT] + \
+        [c for c in present if c not in COMPACT and c not in extras]
+    chosen = tables.choose(available, COMPACT + extras[:1], spec, wide)
+    notes = Footnotes()
+    headers = params + [columns.get(c).title for c in chosen]
+    prios = param_priorities + [min(columns.get(c).priority, 1) if c in ("dtype",) else columns.get(c).priority
+                                for c in chosen]
+    cells = []
+    order = {p: i for i, p in enumerate(dict.fromkeys(map(problem, rows)))}
+    for r in sorted(rows, key=lambda r: order[problem(r)]):
+        ok = r["status"] == "ok"
+        line = [param_cell(p, r.get(p)) for p in params]
+        for c in chosen:
+            if c == "status":
+                line.append(r["status"] + notes.mark(r.get("reason")))
+            elif columns.get(c).kind in ("timing", "metric", "ceiling", "clock", "telemetry") and not ok:
+                line.append("")
+            else:
+                line.append(tflops(r.get(c)) if c == "tflops" else columns.get(c).cell(r.get(c)))
+        cells.append(line)
+    identity = len(params) + sum(1 for c in chosen if c in ("dtype", "backend"))
+    return Table(workload, headers, cells, notes.notes(), priorities=prios, keys=identity)
+
+
+def param_cell(name: str, value) -> str:
+    return columns.param(name).cell(value)

@@ -11,8 +11,9 @@ A change is `faster` or `slower` only when both hold:
    - without raw samples (a pytest-benchmark file saved without data), the interquartile ranges
      must not overlap, with at least MW_MIN rounds each.
 
-Anything else is `same`, and `evidence` says why (within the threshold, not significant, or too
-few samples to test). `change` is the throughput change, before/after median time - 1: +10% means
+A change that could not be tested (too few samples on a side, no positive median time) is
+`inconclusive`, never `same`: +1318% on three samples is not "the same". Anything else is `same`,
+and `evidence` says why (within the threshold, or not significant). `change` is the throughput change, before/after median time - 1: +10% means
 10% more TFLOPS.
 """
 
@@ -53,7 +54,7 @@ class Timing:
 
 @dataclass(frozen=True)
 class Verdict:
-    verdict: str  # faster | slower | same
+    verdict: str  # faster | slower | same | inconclusive
     change: float  # throughput change: before median / after median - 1
     evidence: str  # the test that decided, or why none could
     p_value: float | None = None
@@ -61,17 +62,20 @@ class Verdict:
 
 def judge(before: Timing, after: Timing, threshold: float = THRESHOLD) -> Verdict:
     if not (before.median > 0 and after.median > 0):
-        return Verdict("same", math.nan, "no positive median time to compare")
+        return Verdict("inconclusive", math.nan, "no positive median time to compare")
     change = before.median / after.median - 1
     if max(after.median / before.median, before.median / after.median) <= 1 + threshold:
         return Verdict("same", change, f"within ±{threshold:.0%}")
     significant, evidence, p = _significance(before, after)
+    if significant is None:
+        return Verdict("inconclusive", change, evidence)
     if not significant:
         return Verdict("same", change, evidence, p)
     return Verdict("faster" if change > 0 else "slower", change, evidence, p)
 
 
-def _significance(a: Timing, b: Timing) -> tuple[bool, str, float | None]:
+def _significance(a: Timing, b: Timing) -> tuple[bool | None, str, float | None]:
+    """Whether the samples differ significantly, or None when there are too few to test."""
     if a.samples and b.samples and min(a.n, b.n) >= MW_MIN:
         from scipy.stats import mannwhitneyu
 
@@ -85,4 +89,4 @@ def _significance(a: Timing, b: Timing) -> tuple[bool, str, float | None]:
     if not (a.samples and b.samples) and quartiles and min(a.n, b.n) >= MW_MIN:
         apart = a.q3 < b.q1 or b.q3 < a.q1
         return apart, f"no raw samples; IQRs {'disjoint' if apart else 'overlap'}", None
-    return False, f"too few samples to test (n={a.n}, {b.n})", None
+    return None, f"too few samples to test (n={a.n}, {b.n})", None

@@ -73,12 +73,13 @@ def test_one_run_puts_backends_side_by_side_with_speedup_over_the_workloads_base
                                    case_id(512): noisy(4.0), case_id(512, backend="triton"): "skipped"})
     result = compare.single(runs.load(run))
     table = result.tables[0]
-    assert table.title == "gemm: backends side by side, speedup over torch"
-    assert "triton × torch" in table.headers and "torch × torch" not in table.headers
+    assert table.title == "gemm: throughput by backend, × = speedup over torch"
+    assert table.headers[-3:] == ["torch", "triton", "×torch"]  # one row per problem, backends as columns
     first = dict(zip(table.headers, table.rows[0]))
-    assert first["triton × torch"] == "2.00" and first["m"] == "256"
+    assert first["×torch"] == "2.00×" and first["m"] == "256" and first["unit"] == "TFLOPS"
     second = dict(zip(table.headers, table.rows[1]))
-    assert second["triton TFLOPS"] == "skipped" and second["triton × torch"] == ""
+    assert second["triton"] == "skipped [1]" and second["×torch"] == ""  # the reason is note [1]
+    assert table.notes[0].startswith("[1] ")
     summary = {r["backend"]: r for r in result.summary}
     assert summary["triton"]["geomean speedup"] == pytest.approx(2.0, rel=0.02)
     assert summary["torch"]["geomean speedup"] is None and summary["torch"]["cases"] == 2
@@ -87,7 +88,7 @@ def test_one_run_puts_backends_side_by_side_with_speedup_over_the_workloads_base
 def test_baseline_option_changes_the_reference_and_an_unknown_one_is_a_usage_error(tmp_path, capsys):
     run = make_run(tmp_path / "a", {case_id(256): noisy(2.0), case_id(256, backend="triton"): noisy(1.0)})
     result = compare.single(runs.load(run), baseline="triton")
-    assert dict(zip(result.tables[0].headers, result.tables[0].rows[0]))["torch × triton"] == "0.50"
+    assert dict(zip(result.tables[0].headers, result.tables[0].rows[0]))["×triton"] == "0.50×"
     assert mfu("compare", run, "--baseline", "cublas") == 2
     assert "--baseline: no backend 'cublas'" in capsys.readouterr().err
 
@@ -199,7 +200,7 @@ def test_threshold_accepts_percent_or_fraction(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["nowhere"], "nowhere: no such run directory or pytest-benchmark JSON file"),
-    (["{a}", "--out", "x.md"], "--out needs --format markdown, csv or json"),
+    (["{a}", "--out", "x.md"], "--out needs --format md, csv or json"),
     (["{a}", "{a}", "--baseline", "torch"], "--baseline applies to one run"),
     (["{empty}"], "not a run directory (no cases.jsonl)"),
     (["{junk}"], "not a pytest-benchmark JSON file"),

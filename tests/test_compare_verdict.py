@@ -51,9 +51,9 @@ def test_few_samples_use_non_overlapping_confidence_intervals_of_the_median():
     assert wide.verdict == "same" and wide.evidence == "median CIs overlap (n=7, 7)"
 
 
-def test_too_few_samples_to_test_is_same_and_says_so():
+def test_too_few_samples_to_test_is_inconclusive_never_same():
     v = judge(samples(1.0, n=3, seed=1), samples(2.0, n=3, seed=2))
-    assert v.verdict == "same" and v.evidence == "too few samples to test (n=3, 3)"
+    assert v.verdict == "inconclusive" and v.evidence == "too few samples to test (n=3, 3)"
     assert v.change == pytest.approx(-0.5, abs=0.05)
 
 
