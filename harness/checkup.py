@@ -323,7 +323,7 @@ def _command(args, console: Console) -> int:
     (plan.out / "check.md").write_text(tables.markdown([table], level=1))
     (plan.out / "check.json").write_text(json.dumps({"device": kind, "budget_s": budget,
                                                      "steps": [asdict(o) for o in outcomes]}, indent=2) + "\n")
-    tables.print_console([table], console)
+    tables.emit([table], tables.output_format(None), console)  # fitted on a terminal, markdown in a pipe
     if any(o.numbers == "interrupted" for o in outcomes):
         return 130
     return 0 if all(o.verdict == PASSED for o in outcomes) else 1
