@@ -26,7 +26,7 @@ from harness.tables import Table
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 p,li{max-width:70em}table{border-collapse:collapse;margin:.5em 0 .5em;font-size:12px}
-th,td{border:1px solid #ccc;padding:2px 4px}th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #ccc;padding:2px 4px;vertical-align:top}th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.faster{color:#1a7f37}td.slower,td.failed{color:#c62828}table+ul{font-size:13px;margin-bottom:1.5em}
 svg{width:100%;max-width:1100px;height:auto}svg g[id^="point-"]{cursor:help}"""
 

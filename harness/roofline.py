@@ -87,10 +87,10 @@ def _digits(value: float) -> str:
 def hover_text(row: dict) -> str:
     """What a point says on hover: the case's problem, backend and dtype, and its numbers."""
     problem = row["case_id"].split(":", 2)[2].rsplit(":", 1)[0]  # workload:dtype:PROBLEM:backend
-    share = lambda key: "n/a" if row.get(key) is None else f"{row[key]:.1%}"  # noqa: E731
+    mfu, mbu = (("n/a" if row.get(k) is None else f"{row[k]:.1%}") for k in ("mfu", "mbu"))
     gbps = "n/a" if row.get("gbps") is None else f"{_digits(row['gbps'])} GB/s"
     return (f"{row['workload']} {problem.replace(',', ', ')}\n{row['backend']}, {row['dtype']}\n"
-            f"{_digits(row['tflops'])} TFLOPS, {gbps}\nMFU {share('mfu')}, MBU {share('mbu')}")
+            f"{_digits(row['tflops'])} TFLOPS, {gbps}\nMFU {mfu}, MBU {mbu}")
 
 
 def figure(rows: list[dict], meta: dict):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import io
 import json
 import os
 import re
@@ -76,7 +77,7 @@ class Chromium:
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
              "--no-default-browser-check", "--hide-scrollbars", f"--user-data-dir={profile}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            close_fds=False, preexec_fn=on_fds_3_and_4)
+            close_fds=False, preexec_fn=on_fds_3_and_4)  # noqa: PLW1509 (no threads here)
         os.close(to_browser)
         os.close(from_browser)
         self.session = None
@@ -132,9 +133,9 @@ class Chromium:
                 found.append(params["entry"]["text"])
         return found
 
-    def screenshot(self, path: Path, width: int = WIDTH) -> None:
-        """The whole page, `width` pixels wide."""
-        height = self.evaluate("document.scrollingElement.scrollHeight")
+    def screenshot(self, path: Path, width: int = WIDTH, height: int | None = None) -> None:
+        """The page's top `height` pixels (default: all of it), `width` pixels wide."""
+        height = height or self.evaluate("document.scrollingElement.scrollHeight")
         shot = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
                          clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1})
         path.write_bytes(base64.b64decode(shot["data"]))
@@ -161,7 +162,8 @@ class Chromium:
                 raise TimeoutError(f"chromium said nothing for {self.timeout_s:.0f} s")
             chunk = os.read(self.reader, 1 << 20)
             if not chunk:
-                raise RuntimeError(f"chromium exited: {self.proc.stderr.read().decode(errors='replace')[-500:]}")
+                why = self.proc.stderr.read().decode(errors="replace").strip()[-500:]
+                raise RuntimeError(f"chromium exited (code {self.proc.wait()}) {why}")
             self.buffer += chunk
         message, self.buffer = self.buffer.split(b"\0", 1)
         return json.loads(message)
@@ -237,7 +239,7 @@ def test_the_claims_page_reads_in_a_browser_at_1280_px(browser, tmp_path):
     run_dir = tmp_path / CLAIMS_RUN.name
     shutil.copytree(CLAIMS_RUN, run_dir)
     run = runs.load(run_dir)
-    claims.write(run, Console(width=200, file=open(os.devnull, "w")))
+    claims.write(run, Console(width=200, file=io.StringIO()))
     browser.open(run_dir / "claims.html")
     assert browser.console_errors() == []
     page = browser.evaluate(MEASURE)
