@@ -3,7 +3,11 @@
 Written into the run directory (or `--out DIR`): report.md, report.html (tables and the roofline
 chart inlined as SVG: one file to mail or attach), roofline.png and roofline.svg. The content:
 device, peaks and measured ceilings, software, case counts; the roofline chart; the backends side
-by side with speedups and geometric means (harness/compare.py); every case (harness/summary.py).
+by side with speedups and geometric means (harness/compare.py); every case (harness/summary.py),
+with each case's reason (suspect, skipped, ...) listed under its table rather than in a column,
+and the parameter columns that hold one value in every row said once in a note. In the HTML,
+each roofline point shows its case on hover; the tables fit a 1280 px window
+(tests/test_browser.py checks this in headless Chromium).
 
 `write(run_dir)` is what the runner calls at the end of a run: it never raises, since a report is
 a by-product that must not fail the measurement it describes.
@@ -111,7 +115,8 @@ def _chart_note(run: runs.Run) -> str:
         return (f"{shown} measured cases, coloured by backend and shaped by dtype. This device has no "
                 "datasheet peak, so the chart shows the points without roofs.")
     return (f"{shown} measured cases, coloured by backend and shaped by dtype, under each dtype's roof: "
-            "solid from the datasheet, dashed from measured ceilings.")
+            "solid from the datasheet, dashed from measured ceilings. In report.html, hover over a point "
+            "to see its case.")
 
 
 def _sections(run: runs.Run) -> list[Table]:

@@ -1,7 +1,8 @@
 """`mfu report`: report.md, a self-contained report.html, and the roofline chart as PNG and SVG.
 
 The GPU-shaped run is synthetic (made-up times against the H100 SXM datasheet entry), only to
-check what the chart draws; no number here is a measurement.
+check what the chart draws; the label-layout and hover tests read the committed H200 run in
+results/ (a copy, where a report is written).
 """
 
 import re
