@@ -69,7 +69,7 @@ def build(run_dir: Path, out: Path | None = None) -> list[Path]:
     out = Path(out or run_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig = roofline.figure(run.rows, run.meta)
-    png, svg = roofline.save(fig, out, [roofline.hover_text(r) for r in roofline.points(run.rows)])
+    png, svg = roofline.save(fig, out, hover=[roofline.hover_text(r) for r in roofline.points(run.rows)])
     facts, sections = _facts(run), _sections(run)
     title = f"{run.meta.get('suite', 'run')} on {run.device_name}"
     chart_note = _chart_note(run)

@@ -139,7 +139,7 @@ def figure(rows: list[dict], meta: dict):
     return fig
 
 
-def save(fig, out_dir: Path, hover: list[str] | None = None, stem: str = "roofline") -> list[Path]:
+def save(fig, out_dir: Path, stem: str = "roofline", hover: list[str] | None = None) -> list[Path]:
     """A figure as PNG and SVG. The SVG keeps its text as text (smaller, searchable, selectable)
     and gives point i the tooltip hover[i] (a <title> in its group)."""
     from matplotlib import rc_context
