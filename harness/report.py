@@ -3,7 +3,11 @@
 Written into the run directory (or `--out DIR`): report.md, report.html (tables and the roofline
 chart inlined as SVG: one file to mail or attach), roofline.png and roofline.svg. The content:
 device, peaks and measured ceilings, software, case counts; the roofline chart; the backends side
-by side with speedups and geometric means (harness/compare.py); every case (harness/summary.py).
+by side with speedups and geometric means (harness/compare.py); every case (harness/summary.py),
+with each case's reason (suspect, skipped, ...) listed under its table rather than in a column,
+and the parameter columns that hold one value in every row said once in a note. In the HTML,
+each roofline point shows its case on hover; the tables fit a 1280 px window
+(tests/test_browser.py checks this in headless Chromium).
 
 `write(run_dir)` is what the runner calls at the end of a run: it never raises, since a report is
 a by-product that must not fail the measurement it describes.
@@ -24,10 +28,11 @@ from harness import compare, roofline, runs, summary, tables
 from harness.errors import UsageError
 from harness.tables import Table
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px}
-th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.faster{color:#1a7f37}td.slower,td.failed{color:#c62828}svg{max-width:100%;height:auto}"""
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
+p,li{max-width:70em}table{border-collapse:collapse;margin:.5em 0 .5em;font-size:12px}
+th,td{border:1px solid #ccc;padding:2px 4px;vertical-align:top}th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.faster{color:#1a7f37}td.slower,td.failed{color:#c62828}table+ul{font-size:13px;margin-bottom:1.5em}
+svg{width:100%;max-width:1100px;height:auto}svg g[id^="point-"]{cursor:help}"""
 
 
 def add_command(sub) -> None:
@@ -64,7 +69,7 @@ def build(run_dir: Path, out: Path | None = None) -> list[Path]:
     out = Path(out or run_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig = roofline.figure(run.rows, run.meta)
-    png, svg = roofline.save(fig, out)
+    png, svg = roofline.save(fig, out, hover=[roofline.hover_text(r) for r in roofline.points(run.rows)])
     facts, sections = _facts(run), _sections(run)
     title = f"{run.meta.get('suite', 'run')} on {run.device_name}"
     chart_note = _chart_note(run)
@@ -110,13 +115,35 @@ def _chart_note(run: runs.Run) -> str:
         return (f"{shown} measured cases, coloured by backend and shaped by dtype. This device has no "
                 "datasheet peak, so the chart shows the points without roofs.")
     return (f"{shown} measured cases, coloured by backend and shaped by dtype, under each dtype's roof: "
-            "solid from the datasheet, dashed from measured ceilings.")
+            "solid from the datasheet, dashed from measured ceilings. In report.html, hover over a point "
+            "to see its case.")
 
 
 def _sections(run: runs.Run) -> list[Table]:
     side_by_side = compare.single(run).tables
     every = []
     for wl in dict.fromkeys(r["workload"] for r in run.rows):
-        headers, cells = summary.table([r for r in run.rows if r["workload"] == wl], wl, schema=run.schema)
-        every.append(Table(f"{wl}: every case", headers, cells))
-    return side_by_side + every
+        mine = [r for r in run.rows if r["workload"] == wl]
+        headers, cells = summary.table(mine, wl, notes=False, schema=run.schema)  # reasons go below: a long column is unreadable
+        every.append(Table(f"{wl}: every case", headers, cells, [_reason(r) for r in mine if r.get("reason")]))
+    keys = set().union(*(r.keys() for r in run.rows))
+    return [_constant_columns_as_note(t, keys) for t in side_by_side + every]
+
+
+def _constant_columns_as_note(t: Table, keys: set[str]) -> Table:
+    """A table whose identity columns (a case's parameters, dtype, backend, status: headers that are
+    row keys) holding one value in every row become a note under it: 'same in every row: experts
+    128, top_k 8'. Fewer columns, and a table that fits a page."""
+    same = [i for i, h in enumerate(t.headers)
+            if h in keys and len(t.rows) > 1 and t.rows[0][i] and all(row[i] == t.rows[0][i] for row in t.rows)]
+    if not same:
+        return t
+    keep = [i for i in range(len(t.headers)) if i not in same]
+    note = "same in every row: " + ", ".join(f"{t.headers[i]} {t.rows[0][i]}" for i in same)
+    return Table(t.title, [t.headers[i] for i in keep], [[row[i] for i in keep] for row in t.rows], [note, *t.notes])
+
+
+def _reason(row: dict) -> str:
+    """A case's note under its table: 'm=4096, n=4096, k=4096 tf32 torch: suspect: 106% of ...'."""
+    problem = row["case_id"].split(":", 2)[2].rsplit(":", 1)[0].replace(",", ", ")
+    return f"{problem} {row['dtype']} {row['backend']}: {row['status']}: {row['reason']}"
