@@ -17,7 +17,8 @@ def row(workload, backend, dtype="bf16", status="ok", **kw):
                                                                      "exp_util", "reason"))
     r = {"workload": workload, "backend": backend, "dtype": dtype, "status": status,
          "case_id": f"{workload}:{dtype}:{params}:{backend}", "tflops": 1.0, "gbps": 1.0, "mfu": None, "mbu": None}
-    return {**r, **kw}
+    r = {**r, **kw}
+    return {"time_ms": 1e3 / r["tflops"] if r["tflops"] else None, **r}  # the time its TFLOPS imply
 
 
 def gemm(backend="torch", dtype="bf16", size=8192, **kw):

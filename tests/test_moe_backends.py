@@ -31,7 +31,7 @@ def run_backend(name, p, dtype):
     inputs = MOE.make_inputs(p, DTYPES[dtype], DEVICE, torch.Generator(DEVICE).manual_seed(3))
     fn = backend.build(inputs, p, DTYPES[dtype])
     columns = backend.columns(inputs, p, DTYPES[dtype]) if backend.columns else {}
-    return MOE.check(inputs, fn(), p, DTYPES[dtype]), columns
+    return MOE.check(inputs, fn(), p, DTYPES[dtype], backend.problem), columns
 
 
 PROBLEMS = {
@@ -65,11 +65,12 @@ def test_triton_backend_matches_the_reference_and_reports_its_padding(problem):
 def test_dense_equivalent_is_checked_as_its_own_problem_and_reports_its_own_bytes():
     p = moe()
     inputs = MOE.make_inputs(p, DTYPES["fp16"], "cpu", torch.Generator().manual_seed(0))
-    out = backends.get("moe", DENSE).build(inputs, p, DTYPES["fp16"])()
-    assert inputs["problem"] == DENSE and out.shape == (5 * 2, 32)
-    assert MOE.check(inputs, out, p, DTYPES["fp16"]) is None
-    inputs["problem"] = "moe"  # the same rows judged as the MoE layer's output are wrong
-    assert "expected (5, 32)" in MOE.check(inputs, out, p, DTYPES["fp16"])
+    backend = backends.get("moe", DENSE)
+    out = backend.build(inputs, p, DTYPES["fp16"])()
+    assert backend.problem == DENSE and out.shape == (5 * 2, 32)
+    assert MOE.check(inputs, out, p, DTYPES["fp16"], DENSE) is None
+    # the same rows judged as the MoE layer's output are wrong
+    assert "expected (5, 32)" in MOE.check(inputs, out, p, DTYPES["fp16"], None)
     dense_bytes = dense_equivalent_bytes(p, DTYPES["fp16"])
     assert backends.get("moe", DENSE).bytes(p, DTYPES["fp16"]) == dense_bytes < MOE.bytes(p, DTYPES["fp16"])
     # its own bytes are known before anything runs: in plans and on skipped rows too
