@@ -133,6 +133,7 @@ def cpu_run(tmp_path_factory):
     return out, cli.main(["claims", "--device", "cpu", "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_claims_on_the_cpu_end_to_end(cpu_run):
     out, code = cpu_run
     assert code == 0
@@ -144,6 +145,7 @@ def test_claims_on_the_cpu_end_to_end(cpu_run):
     assert "<table>" in (out / "claims.html").read_text() and (out / "cases.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_claims_from_an_existing_run(cpu_run, capsys):
     out, _ = cpu_run
     (out / "claims.md").unlink()

@@ -1,18 +1,18 @@
 """MoE backends against the workload's float32 reference, their skip reasons, the columns they
 add, and a tiny moe suite end to end through the runner (Triton under the interpreter)."""
 
-import csv
 import io
 
 import pytest
 import torch
+from conftest import rows as read_rows
 from rich.console import Console
 
 from harness import backends, config, runner
 from harness.backends import Backend
+from harness.backends.moe import FP8_ROWS, _expert_ffn, padded_rows
 from harness.device import DeviceFacts, detect
 from harness.dtypes import DTYPES
-from harness.backends.moe import FP8_ROWS, _expert_ffn, padded_rows
 from harness.workloads.moe import DENSE, MOE, dense_equivalent_bytes, rows_flops
 
 CPU = DeviceFacts(kind="cpu", name="cpu")
@@ -166,8 +166,7 @@ def test_a_tiny_moe_suite_runs_end_to_end(tmp_path, monkeypatch):
     suite = config.parse(SUITE, "moe-unit.yaml")
     # isolate="none": the `wrong` double is registered in this process only
     assert runner.run(suite, "cpu", tmp_path, Console(file=io.StringIO()), isolate="none") == 1  # the mismatch
-    with open(tmp_path / "results.csv") as f:
-        rows = {(r["backend"], r["dtype"]): r for r in csv.DictReader(f)}
+    rows = {(r["backend"], r["dtype"]): r for r in read_rows(tmp_path / "results.csv")}
     for name in ("torch-loop", "torch-grouped", "triton", "dense-equivalent"):
         assert rows[(name, "fp16")]["status"] == "ok", rows[(name, "fp16")]["reason"]
         assert rows[(name, "fp16")]["experts_active"] == "4"  # 6 pairs wrap around 4 experts
