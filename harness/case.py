@@ -85,7 +85,7 @@ def run_case(case: Case, ctx: Context) -> tuple[dict, list[float]]:
                 row.update(backend.columns(inputs, p, dtype))
             out = fn()
             _sync(ctx.device)
-            problem = wl.check(inputs, out, p, dtype)
+            problem = wl.check(inputs, out, p, dtype, backend.problem)
             if problem:
                 return {**row, "status": "mismatch", "reason": problem}, []
             del out

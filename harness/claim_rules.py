@@ -11,8 +11,10 @@ an "about X" claim to X ± 10% (relative) and are written in the table's "holds 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from harness.ids import problem
+from harness.ratios import geomean, speedup
 
 HOLDS, FAILS, UNMEASURABLE = "holds", "does not hold", "not measurable here"
 LARGE_GEMM = 4096  # "large": every GEMM dimension at least this
@@ -91,10 +93,6 @@ def _rate(r: dict) -> str:
     """A row's throughput, with its utilization when there is a denominator."""
     text = f"{r['tflops']:.4g} TFLOPS, {r['gbps']:.4g} GB/s"
     return text if r.get("mfu") is None else f"MFU {_pct(r['mfu'])}, MBU {_pct(r.get('mbu'))} ({text})"
-
-
-def _problem(r: dict) -> str:
-    return r["case_id"].rsplit(":", 1)[0]
 
 
 def _best(rows: list[dict], key: str = "tflops") -> dict | None:
@@ -178,7 +176,7 @@ def _best_per_problem(rows: list[dict]) -> list[dict]:
     """The fastest backend's row of each problem, in first-seen order."""
     problems: dict[str, list[dict]] = {}
     for r in rows:
-        problems.setdefault(_problem(r), []).append(r)
+        problems.setdefault(problem(r), []).append(r)
     return [_best(group) for group in problems.values()]
 
 
@@ -214,7 +212,7 @@ def _fp8(ok, rows, on_gpu, ceilings) -> list[Finding]:
         return [Finding(CLAIMS["fp8"], SOURCES["fp8"], measured, f"ratio >= {FP8_SPEEDUP}",
                         "fp8: " + _skips(rows, workload="gemm", backend="torch", dtype="fp8"), UNMEASURABLE)]
     base, fp8 = max(pairs, key=lambda pair: pair[0]["m"] * pair[0]["n"] * pair[0]["k"])
-    ratio = fp8["tflops"] / base["tflops"]
+    ratio = speedup(base, fp8)  # the same shape, so the same work
     value = f"{ratio:.2f}x at {_shape(fp8)} ({fp8['tflops']:.4g} vs {base['tflops']:.4g} TFLOPS)"
     return [Finding(CLAIMS["fp8"], SOURCES["fp8"], measured, f"ratio >= {FP8_SPEEDUP}", value,
                     verdict(on_gpu, True, ratio >= FP8_SPEEDUP))]
@@ -263,11 +261,11 @@ def _triton_vs_vendor(ok, rows, on_gpu, ceilings) -> list[Finding]:
     findings = []
     for workload, ours in OURS.items():
         ratios = []
-        for problem in dict.fromkeys(_problem(r) for r in ok if r["workload"] == workload):
-            mine = _best([r for r in ok if _problem(r) == problem and r["backend"] in ours])
-            theirs = _best([r for r in ok if _problem(r) == problem and r["backend"] in VENDOR[workload]])
+        for pid in dict.fromkeys(problem(r) for r in ok if r["workload"] == workload):
+            mine = _best([r for r in ok if problem(r) == pid and r["backend"] in ours])
+            theirs = _best([r for r in ok if problem(r) == pid and r["backend"] in VENDOR[workload]])
             if mine and theirs:
-                ratios.append((mine["tflops"] / theirs["tflops"], _describe(mine)))
+                ratios.append((speedup(theirs, mine), _describe(mine)))
         if not ratios and not any(r["workload"] == workload for r in rows):
             continue
         measured = (f"{workload}: the best of ours ({', '.join(ours)}) over the best vendor backend "
@@ -277,7 +275,7 @@ def _triton_vs_vendor(ok, rows, on_gpu, ceilings) -> list[Finding]:
             findings.append(Finding(CLAIMS["triton"], SOURCES["triton"],
                                     measured, f"geomean >= {TRITON_VS_VENDOR}", value, UNMEASURABLE))
             continue
-        mean = math.exp(sum(math.log(x) for x, _ in ratios) / len(ratios))
+        mean = geomean(x for x, _ in ratios)
         worst = min(ratios)
         value = f"{mean:.3g}x geomean over {len(ratios)} problem(s); lowest {worst[0]:.3g}x ({worst[1]})"
         findings.append(Finding(CLAIMS["triton"], SOURCES["triton"],

@@ -296,7 +296,8 @@ def _plan(args, console: Console) -> int:
     return 0
 
 
-GPU_COLUMNS = [("key", "key"), ("name", "name"), ("bf16", "bf16 TFLOPS"), ("fp8", "fp8 TFLOPS"),
+GPU_TABLE_DTYPES = ("bf16", "fp8")  # the peaks `mfu gpus` lists for every GPU (dtype_names.PEAK_KEYS)
+GPU_COLUMNS = [("key", "key"), ("name", "name"), *((d, f"{d} TFLOPS") for d in GPU_TABLE_DTYPES),
                ("bandwidth_tbs", "TB/s"), ("sms", "SMs"), ("origin", "peaks")]
 
 
@@ -318,7 +319,7 @@ def _gpus(args, console: Console) -> int:
             raise UsageError(f"mfu gpus: {exc}") from None
         tables.emit([_gpu_entry(spec)], fmt, console, records=[spec.to_dict()])
         return 0
-    rows = [[s.key, s.name, fmt_number(s.peaks_tflops.get("bf16")), fmt_number(s.peaks_tflops.get("fp8")),
+    rows = [[s.key, s.name, *(fmt_number(s.peaks_tflops.get(d)) for d in GPU_TABLE_DTYPES),
              fmt_number(s.bandwidth_tbs), fmt_number(s.sms), s.origin]
             for s in specs.table()]
     table = tables.Table("GPUs: dense datasheet peaks and memory bandwidth", [h for _, h in GPU_COLUMNS], rows,

@@ -27,6 +27,8 @@ from rich.console import Console
 from harness import runs as runs_mod
 from harness import summary, tables, verdict
 from harness.errors import UsageError
+from harness.ids import problem
+from harness.ratios import geomean, speedup
 from harness.results import FAILED
 from harness.runs import Run
 from harness.tables import Table, number, tflops
@@ -116,10 +118,10 @@ def single(run: Run, baseline: str | None = None) -> Comparison:
             for b in backends:
                 r = by_backend.get(b)
                 if r is not None:
-                    speedup = summary.speedup(by_backend.get(base), r) if b != base else None
                     result.records.append({**_identity(r), "status": r["status"], "time_ms": r.get("time_ms"),
                                            "tflops": r.get("tflops"), "mfu": r.get("mfu"), "mbu": r.get("mbu"),
-                                           "baseline": base, "speedup": speedup})
+                                           "baseline": base,
+                                           "speedup": speedup(by_backend.get(base), r) if b != base else None})
         result.tables.append(summary.side_by_side(rows, wl, base, schema=run.schema))
         result.summary += _single_summary(wl, [r for r in result.records if r["workload"] == wl], base)
     if result.summary:
@@ -206,7 +208,7 @@ def _pair(cid: str, a: dict | None, b: dict | None, ref: Run, run: Run, tag: str
     if not (a["status"] == b["status"] == "ok"):
         return {**rec, "evidence": f"{a['status']} → {b['status']}"}
     if mode == "cross-device":
-        return {**rec, "tflops_ratio": _ratio(b.get("tflops"), a.get("tflops")),
+        return {**rec, "tflops_ratio": speedup(a, b),
                 "mfu_ratio": _ratio(b.get("mfu"), a.get("mfu"))}
     v = verdict.judge(verdict.Timing.of(a, ref.samples.get(cid)), verdict.Timing.of(b, run.samples.get(cid)),
                       threshold)
@@ -266,8 +268,7 @@ def _pair_summary(records: list[dict]) -> list[dict]:
     for (wl, backend, tag), recs in _bucket(records, lambda r: (r["workload"], r["backend"], r["run"])).items():
         both = [r for r in recs if r["status_ref"] == r["status_run"] == "ok"]
         counts = {v: sum(1 for r in recs if r["verdict"] == v) for v in ("faster", "slower", "same", "inconclusive", "failed")}
-        ratios = [r["tflops_ratio"] if r["tflops_ratio"] is not None else _ratio(r["time_ms_ref"], r["time_ms_run"])
-                  for r in both]
+        ratios = [speedup(*_sides(r)) for r in both]
         if not both and not any(counts.values()):
             continue
         out.append({"workload": wl, "backend": backend, "run": f"{tag} vs A", "cases": len(both), **counts,
@@ -276,11 +277,6 @@ def _pair_summary(records: list[dict]) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ shared pieces
-
-
-def geomean(values) -> float | None:
-    values = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
-    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
 
 def _summary_table(summary: list[dict], columns: list[str]) -> Table:
@@ -310,7 +306,7 @@ def _group(rows: list[dict], inner, key=None) -> dict:
     """{outer key: {inner key: row}}, outer by problem (or `key`), in first-seen order."""
     out: dict = {}
     for r in rows:
-        out.setdefault((key or runs_mod.problem)(r), {})[inner(r)] = r
+        out.setdefault((key or problem)(r), {})[inner(r)] = r
     return out
 
 
@@ -326,6 +322,11 @@ def _describe(run: Run, tag: str, name: str) -> dict:
 
 def _ratio(num, den) -> float | None:
     return num / den if num is not None and den else None
+
+
+def _sides(rec: dict) -> tuple[dict, dict]:
+    """A paired record's reference and run as rows, for ratios.speedup."""
+    return tuple({"status": rec[f"status_{s}"], "time_ms": rec[f"time_ms_{s}"]} for s in ("ref", "run"))
 
 
 # ------------------------------------------------------------------------------ output

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import backends, workloads
+from harness import backends, ids, workloads
 from harness.errors import UsageError
 from harness.timing import TimingSettings, check_setting
 
@@ -44,17 +44,12 @@ class Case:
     @property
     def problem_id(self) -> str:
         """The problem without the backend: the same inputs go to every backend of a problem."""
-        args = ",".join(f"{k}={_fmt(v)}" for k, v in self.params if v not in ("", None))
-        return f"{self.workload}:{self.dtype}:{args}"
+        return ids.problem_id(self.workload, self.dtype, self.params)
 
     @property
     def case_id(self) -> str:
         """Stable across runs and machines, so runs can be matched case by case."""
-        return f"{self.problem_id}:{self.backend}"
-
-
-def _fmt(v) -> str:
-    return str(v).lower() if isinstance(v, bool) else str(v)
+        return ids.case_id(self.problem_id, self.backend)
 
 
 @dataclass
@@ -278,10 +273,10 @@ def differences(old: Suite, new: Suite) -> list[str]:
     old_ids, new_ids = [c.case_id for c in old.cases], [c.case_id for c in new.cases]
     old_set, new_set = set(old_ids), set(new_ids)
     found = []
-    for word, ids in (("added", [i for i in new_ids if i not in old_set]),
-                      ("removed", [i for i in old_ids if i not in new_set])):
-        if ids:
-            found.append(f"{len(ids)} case{'s' if len(ids) > 1 else ''} {word} (e.g. {ids[0]})")
+    for word, changed_ids in (("added", [i for i in new_ids if i not in old_set]),
+                              ("removed", [i for i in old_ids if i not in new_set])):
+        if changed_ids:
+            found.append(f"{len(changed_ids)} case{'s' if len(changed_ids) > 1 else ''} {word} (e.g. {changed_ids[0]})")
     old_timing, new_timing = asdict(old.timing), asdict(new.timing)
     changed = [f"{k} {old_timing[k]} -> {new_timing[k]}" for k in old_timing if old_timing[k] != new_timing[k]]
     if changed:

@@ -1,4 +1,5 @@
-"""The dtype names a suite may use, their torch storage types and element sizes.
+"""The torch side of the dtype names a suite may use (harness/dtype_names.py): storage types and
+element sizes.
 
 A dtype name says both how inputs are stored and which datasheet peak the result is measured
 against: `tf32` is fp32 storage computed with TF32 tensor-core math, so its MFU is over the tf32
@@ -11,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+
+from harness.dtype_names import NAMES
 
 
 @dataclass(frozen=True)
@@ -35,17 +38,16 @@ class DType:
         return self.storage.is_floating_point
 
 
-DTYPES: dict[str, DType] = {
-    d.name: d
-    for d in (
-        DType("fp32", torch.float32, torch.float32, "fp32"),
-        DType("tf32", torch.float32, torch.float32, "tf32"),
-        DType("bf16", torch.bfloat16, torch.bfloat16, "bf16"),
-        DType("fp16", torch.float16, torch.float16, "fp16"),
-        DType("fp8", torch.float8_e4m3fn, torch.bfloat16, "fp8"),
-        DType("int8", torch.int8, torch.int32, "int8"),
-    )
+# (storage, output) of each name; each is measured against the peak of its own name.
+_TORCH = {
+    "fp32": (torch.float32, torch.float32),
+    "tf32": (torch.float32, torch.float32),
+    "bf16": (torch.bfloat16, torch.bfloat16),
+    "fp16": (torch.float16, torch.float16),
+    "fp8": (torch.float8_e4m3fn, torch.bfloat16),
+    "int8": (torch.int8, torch.int32),
 }
+DTYPES: dict[str, DType] = {name: DType(name, *_TORCH[name], peak_key=name) for name in NAMES}
 
 
 def get(name: str) -> DType:

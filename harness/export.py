@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness import columns, runs
+from harness import columns, ids, runs
 from harness.errors import UsageError
 
 LEFT_OUT = ("timing",)  # kinds extra_info leaves to pytest-benchmark's own stats
@@ -76,7 +76,7 @@ def to_pytest_benchmark(run: runs.Run) -> dict:
         for ms in samples:
             stats.update(ms / 1e3)
         benchmarks.append({
-            "group": runs.problem(row), "name": row["case_id"], "fullname": f"mfu::{row['case_id']}",
+            "group": ids.problem(row), "name": row["case_id"], "fullname": f"mfu::{row['case_id']}",
             "params": {"backend": row["backend"]}, "param": row["backend"],
             "extra_info": extra_info(row, run.params(row["workload"])),
             "options": _options(meta), "stats": {**stats.as_dict(), "data": stats.data, "iterations": 1},

@@ -26,6 +26,7 @@ from pathlib import Path
 from rich.console import Console
 
 from harness import compare, roofline, runs, tables, verdict
+from harness.ratios import speedup
 from harness.runs import Run
 from harness.tables import Table
 
@@ -308,11 +309,11 @@ def plot(h: History, path: Path, by: str = "time") -> list[Path]:
 
 
 def _series(ordered: list[Run], case_id: str, metric: str) -> tuple[list[int], list[float]]:
-    """Run indices and values of one case: tflops, mfu, or `relative` (first run's time / this time)."""
+    """Run indices and values of one case: tflops, mfu, or `relative` (the speedup over the first run)."""
     xs = [i for i, r in enumerate(ordered) if _ok(r, case_id)]
     rows = [ordered[i].by_case[case_id] for i in xs]
     if metric == "relative":
-        return xs, [rows[0]["time_ms"] / r["time_ms"] for r in rows]
+        return xs, [speedup(rows[0], r) for r in rows]
     kept = [(i, r[metric]) for i, r in zip(xs, rows) if r.get(metric) is not None]
     return [i for i, _ in kept], [v for _, v in kept]
 

@@ -64,7 +64,7 @@ def mfu_context(pytestconfig):
 @pytest.fixture
 def mfu_benchmark(benchmark, mfu_context):
     """A function that runs one case into the `benchmark` fixture and returns its result row."""
-    from harness import runs, workloads
+    from harness import ids, workloads
     from harness.case import run_case
     from harness.export import extra_info
 
@@ -76,7 +76,7 @@ def mfu_benchmark(benchmark, mfu_context):
             pytest.fail(f"{row['status']}: {row['reason']}", pytrace=False)
         params = [p.name for p in workloads.REGISTRY[row["workload"]].params]
         benchmark.extra_info.update(extra_info(row, params))
-        benchmark.group = runs.problem(row)
+        benchmark.group = ids.problem(row)
         if benchmark.enabled:
             record(benchmark, samples)
         return row

@@ -141,12 +141,6 @@ def timing_differences(a: Run, b: Run) -> list[str]:
             if k in a.timing and k in b.timing and a.timing[k] != b.timing[k]]
 
 
-def problem(row: dict) -> str:
-    """The case without its backend: what the backends of one problem share."""
-    cid, backend = row["case_id"], row.get("backend")
-    return cid[: -len(backend) - 1] if backend and cid.endswith(":" + backend) else cid
-
-
 def from_pytest_benchmark(data: dict, path: Path) -> Run:
     rows, samples = [], {}
     for bench in data["benchmarks"]:

@@ -26,8 +26,7 @@ from typing import NamedTuple
 import yaml
 
 from harness.device import DeviceFacts
-
-DTYPE_KEYS = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4")
+from harness.dtype_names import PEAK_KEYS
 
 # Dense FLOPs (a multiply-add counts 2; int8 ops likewise) per SM per clock, by compute
 # capability. Each row reproduces known datasheets at the clock NVIDIA computed them with:
@@ -186,8 +185,8 @@ def _peaks(raw: object, fail) -> dict[str, float]:
     if not isinstance(raw, dict) or not raw:
         raise fail("peaks_tflops", "must be a non-empty mapping of dtype -> dense TFLOPS")
     for dtype in raw:
-        if dtype not in DTYPE_KEYS:
-            raise fail(f"peaks_tflops.{dtype}", f"unknown dtype (allowed: {', '.join(DTYPE_KEYS)})")
+        if dtype not in PEAK_KEYS:
+            raise fail(f"peaks_tflops.{dtype}", f"unknown dtype (allowed: {', '.join(PEAK_KEYS)})")
     return {dtype: _positive(value, fail, f"peaks_tflops.{dtype}") for dtype, value in raw.items()}
 
 

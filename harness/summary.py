@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from harness import columns, tables
-from harness.runs import problem
+from harness.ids import problem
+from harness.ratios import speedup
 from harness.schema import Schema
 from harness.tables import Footnotes, Table, number, tflops
 
@@ -36,7 +37,7 @@ def table(rows: list[dict], workload: str, notes: bool = True,
     headers = (params + ["dtype", "backend", "status"] + [h for _, h, _ in NUMBERS] + extras
                + ([f"× {baseline}"] if baseline else []) + (["note"] if notes else []))
     cells = []
-    for r in sorted(rows, key=lambda r: r["case_id"].rsplit(":", 1)[0]):
+    for r in sorted(rows, key=problem):
         ok = r["status"] == "ok"
         numbers = [fmt(r.get(k), f) if ok else "" for k, _, f in NUMBERS]
         cells.append([fmt(r.get(p), "{}") for p in params] + [r["dtype"], r["backend"], r["status"]]
@@ -55,12 +56,9 @@ def _live_schema(workload: str) -> Schema:
 
 
 def _versus_baseline(rows: list[dict], baseline: str | None) -> dict[str, float]:
-    """Each ok row's throughput over the baseline backend's on the same problem."""
-    problem = lambda r: r["case_id"].rsplit(":", 1)[0]  # noqa: E731
-    base = {problem(r): r["tflops"] for r in rows
-            if r["backend"] == baseline and r["status"] == "ok" and r.get("tflops")}
-    return {r["case_id"]: r["tflops"] / base[problem(r)] for r in rows
-            if r["status"] == "ok" and problem(r) in base and r.get("tflops")}
+    """Each row's speedup over the baseline backend's row of the same problem (ratios.speedup)."""
+    base = {problem(r): r for r in rows if r["backend"] == baseline}
+    return {r["case_id"]: speedup(base.get(problem(r)), r) for r in rows}
 
 
 def fmt(value, pattern: str) -> str:
@@ -261,13 +259,6 @@ def side_by_side(rows: list[dict], workload: str, baseline: str | None = None,
     extra = [f"{all_skipped} problems skipped on every backend (reasons in summary.md)"] if all_skipped else []
     return Table(title, headers, cells, extra + notes.notes(), priorities=prios, keys=len(params) + 1,
                  short_headers=short)
-
-
-def speedup(base: dict | None, row: dict | None) -> float | None:
-    """Base time over this time: the throughput ratio, for TFLOPS and GB/s alike."""
-    if not (base and row and base["status"] == row["status"] == "ok" and base.get("time_ms") and row.get("time_ms")):
-        return None
-    return base["time_ms"] / row["time_ms"]
 
 
 def long_table(rows: list[dict], workload: str, spec: str | None = None, wide: bool = False,

@@ -1,8 +1,17 @@
-"""Shared test setup: CPU runs use Triton's interpreter; GPU-only tests are marked and skipped."""
+"""Shared test setup: CPU runs use Triton's interpreter; GPU-only tests are marked and skipped.
 
+Shared helpers, for every test file (`from conftest import mfu, rows`): `mfu(...)` runs the
+command line in a fresh process, `rows(path)` reads a CSV, `suite_file` writes a suite; the
+`tiny` and `six` fixtures are suite files of 4 and 6 quick CPU cases.
+"""
+
+import csv
 import functools
 import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import torch
 
@@ -16,6 +25,60 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = "timing: {warmup_ms: 0, min_samples: 3, max_time_s: 0.02, rel_ci: 0.5, l2_flush: false}"
+TINY = """
+suite: tiny
+timing: {warmup_ms: 0, min_samples: 3, max_time_s: 0.05, rel_ci: 0.5, l2_flush: false}
+cases:
+  - workload: gemm
+    backends: [torch]
+    dtype: [fp32, bf16]
+    shapes: [{m: 64, n: 32, k: 16}, {m: 8, n: 8, k: 8}]
+"""
+SIX = f"""
+suite: six
+{QUICK}
+cases:
+  - workload: gemm
+    backends: [torch]
+    dtype: fp32
+    m: [1, 2, 3, 4, 5, 6]
+    n: 8
+    k: 8
+"""
+
+
+def mfu(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
+    """`mfu ARGS` in a fresh interpreter, its output captured; `env` adds to this process's."""
+    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300, **kwargs)
+
+
+def rows(path: Path) -> list[dict]:
+    """A CSV file's rows (results.csv: one per case), every value a string."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def suite_file(directory: Path, text: str, name: str = "suite") -> Path:
+    """The suite `text` written to DIRECTORY/NAME.yaml."""
+    path = directory / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    """TINY as a suite file: gemm, torch, fp32 and bf16, 2 shapes."""
+    return suite_file(tmp_path, TINY, "tiny")
+
+
+@pytest.fixture
+def six(tmp_path) -> Path:
+    """SIX as a suite file: six fp32 gemm cases, m = 1 … 6."""
+    return suite_file(tmp_path, SIX, "six")
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +101,7 @@ def fixed_kernel_configs(monkeypatch):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
-    config.addinivalue_line("markers", "slow: a measurement, not a check (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "slow: a measurement or a long end-to-end run (`pytest -m 'not slow'` is the fast loop)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,13 +5,13 @@ The mask is bottom-right causal: query i sees keys j <= i + Skv - Sq. `brute_for
 out one query at a time in float64, independently of the workload's own (chunked) reference.
 """
 
-import csv
 import io
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import rows as read_rows
 from rich.console import Console
 
 from harness import backends, config, memory, runner
@@ -141,7 +141,7 @@ def test_a_cache_that_does_not_fit_is_skipped_before_allocating(tmp_path, monkey
                      "    dtype: fp16\n", "s.yaml")
     # isolate="none": free_bytes is patched in this process only
     assert runner.run(s, "cpu", tmp_path, Console(file=io.StringIO()), isolate="none") == 0
-    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    rows = read_rows(tmp_path / "results.csv")
     assert len(rows) == 2 and all(r["status"] == "skipped" and "needs 1" in r["reason"] for r in rows)
 
 
@@ -260,10 +260,11 @@ cases:
 """
 
 
+@pytest.mark.slow
 def test_a_tiny_suite_runs_through_the_runner(tmp_path):
     s = config.parse(SUITE, "tiny.yaml")
     assert runner.run(s, "cpu", tmp_path, Console(file=io.StringIO())) == 0
-    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    rows = read_rows(tmp_path / "results.csv")
     by = {(r["backend"], r["dtype"], r["seq_q"]): r for r in rows}
     for backend in ("sdpa-flash", "sdpa-math", "triton", "triton-decode", "torch"):
         for dtype in ("fp32", "fp16"):

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from conftest import rows as read_rows
 from rich.console import Console
 
 from harness import backends, ceilings, cli, config, device, runner, sweep
@@ -41,9 +42,7 @@ def run_suite(out, text=SUITE) -> tuple[int, dict]:
 
 
 def final_rows(out) -> dict:
-    import csv
-
-    return {r["case_id"]: r for r in csv.DictReader((out / "results.csv").open())}
+    return {r["case_id"]: r for r in read_rows(out / "results.csv")}
 
 
 def test_cpu_ceilings_measure_matmul_memory_exp_and_launch(measured):

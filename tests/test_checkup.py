@@ -9,14 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, suite_file
 from rich.console import Console
 
 from harness import checkup, cli
 
-ROOT = Path(__file__).resolve().parents[1]
 STEP_NAMES = ["correctness", "ceilings", "default", "claims"]
 
 
+@pytest.mark.slow
 def test_check_on_a_cpu_end_to_end(tmp_path):
     out = tmp_path / "check"
     # Triton under the interpreter is the kernel tests' job: without it the Triton rows are
@@ -58,8 +59,7 @@ def _fake(name, commands, read=lambda plan: ("read", True), share=1.0):
 
 
 def test_a_failing_step_fails_the_check(tmp_path, monkeypatch, capsys):
-    broken = tmp_path / "broken.yaml"
-    broken.write_text("suite: broken\ncases:\n  - workload: gemm\n    m: 0\n")
+    broken = suite_file(tmp_path, "suite: broken\ncases:\n  - workload: gemm\n    m: 0\n", "broken")
     monkeypatch.setattr(checkup, "STEPS", [
         _fake("lists-gpus", [checkup.mfu("gpus")]),
         _fake("bad-suite", [checkup.mfu("run", str(broken), "--device", "cpu", "--out", str(tmp_path / "r"))]),
@@ -75,8 +75,7 @@ def test_a_failing_step_fails_the_check(tmp_path, monkeypatch, capsys):
 
 
 def test_a_bad_suite_override_is_a_usage_error(tmp_path, capsys):
-    broken = tmp_path / "broken.yaml"
-    broken.write_text("suite: broken\ncases:\n  - workload: nothing\n")
+    broken = suite_file(tmp_path, "suite: broken\ncases:\n  - workload: nothing\n", "broken")
     assert cli.main(["check", "--device", "cpu", "--suite", str(broken), "--out", str(tmp_path / "c")]) == 2
     assert "broken.yaml" in capsys.readouterr().err
 

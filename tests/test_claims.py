@@ -17,7 +17,8 @@ def row(workload, backend, dtype="bf16", status="ok", **kw):
                                                                      "exp_util", "reason"))
     r = {"workload": workload, "backend": backend, "dtype": dtype, "status": status,
          "case_id": f"{workload}:{dtype}:{params}:{backend}", "tflops": 1.0, "gbps": 1.0, "mfu": None, "mbu": None}
-    return {**r, **kw}
+    r = {**r, **kw}
+    return {"time_ms": 1e3 / r["tflops"] if r["tflops"] else None, **r}  # the time its TFLOPS imply
 
 
 def gemm(backend="torch", dtype="bf16", size=8192, **kw):
@@ -132,6 +133,7 @@ def cpu_run(tmp_path_factory):
     return out, cli.main(["claims", "--device", "cpu", "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_claims_on_the_cpu_end_to_end(cpu_run):
     out, code = cpu_run
     assert code == 0
@@ -143,6 +145,7 @@ def test_claims_on_the_cpu_end_to_end(cpu_run):
     assert "<table>" in (out / "claims.html").read_text() and (out / "cases.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_claims_from_an_existing_run(cpu_run, capsys):
     out, _ = cpu_run
     (out / "claims.md").unlink()

@@ -1,44 +1,14 @@
 """The `mfu` command end to end, as a user runs it: exit codes, files, errors without tracebacks."""
 
-import csv
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import ROOT, TINY, mfu, rows, suite_file
 
 from harness import specs
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = """
-suite: tiny
-timing: {warmup_ms: 0, min_samples: 3, max_time_s: 0.05, rel_ci: 0.5, l2_flush: false}
-cases:
-  - workload: gemm
-    backends: [torch]
-    dtype: [fp32, bf16]
-    shapes: [{m: 64, n: 32, k: 16}, {m: 8, n: 8, k: 8}]
-"""
-
-
-def mfu(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=300)
-
-
-def rows(path: Path) -> list[dict]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture
-def tiny(tmp_path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    return path
 
 
 def test_run_writes_a_complete_run_directory(tiny, tmp_path):
@@ -50,6 +20,7 @@ def test_run_writes_a_complete_run_directory(tiny, tmp_path):
     assert "tiny" in r.stdout and "results:" in r.stdout
 
 
+@pytest.mark.slow
 def test_default_run_on_a_machine_without_gpu_says_so_and_runs_the_cpu_suite(tmp_path):
     r = mfu("run", "--out", tmp_path / "run", env={"TRITON_INTERPRET": "0"})
     assert r.returncode == 0, r.stderr
@@ -59,8 +30,8 @@ def test_default_run_on_a_machine_without_gpu_says_so_and_runs_the_cpu_suite(tmp
 
 
 def test_config_error_is_one_line_with_exit_code_2(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("cases:\n  - workload: gemm\n    m: 8\n    n: 8\n    k: 8\n  - workload: gemm\n    heads: 3\n")
+    bad = suite_file(tmp_path, "cases:\n  - workload: gemm\n    m: 8\n    n: 8\n    k: 8\n  - workload: gemm\n    heads: 3\n",
+                     "bad")
     r = mfu("run", bad, "--out", tmp_path / "run")
     assert r.returncode == 2
     assert r.stderr.strip() == f"mfu: {bad}: cases[1].heads: unknown key; allowed: workload, backends, dtype, shapes, model, m, n, k, label"
@@ -135,10 +106,10 @@ def test_gpus_lists_the_table_and_detect_explains(tmp_path):
     assert r.returncode == 0 and "No CUDA GPU" in r.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_what_finished_and_exits_non_zero(tmp_path):
-    slow = tmp_path / "slow.yaml"
-    slow.write_text(TINY.replace("max_time_s: 0.05, rel_ci: 0.5", "max_time_s: 2.0, rel_ci: 0.000001")
-                    .replace("dtype: [fp32, bf16]", "dtype: [fp32, bf16, fp16]"))
+    slow = suite_file(tmp_path, TINY.replace("max_time_s: 0.05, rel_ci: 0.5", "max_time_s: 2.0, rel_ci: 0.000001")
+                      .replace("dtype: [fp32, bf16]", "dtype: [fp32, bf16, fp16]"), "slow")
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(slow), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,7 +1,6 @@
 """Case isolation: a case that aborts, hangs, raises or poisons the CUDA context is an error row and
 the run goes on in a fresh worker; SIGTERM writes what finished; MFU_INJECT_FAULT and the settings."""
 
-import csv
 import io
 import json
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SIX, mfu, rows, suite_file
 from rich.console import Console
 
 from harness import cli, config, faults, runner
@@ -21,39 +21,13 @@ from harness.case import context, run_case
 from harness.errors import UsageError
 from harness.supervisor import Supervisor
 
-QUICK = "timing: {warmup_ms: 0, min_samples: 3, max_time_s: 0.02, rel_ci: 0.5, l2_flush: false}"
-SIX = f"""
-suite: six
-{QUICK}
-cases:
-  - workload: gemm
-    backends: [torch]
-    dtype: fp32
-    m: [1, 2, 3, 4, 5, 6]
-    n: 8
-    k: 8
-"""
-
-
-def mfu(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300, **kwargs)
-
 
 def rows_by_m(out: Path) -> dict[str, dict]:
-    with open(out / "results.csv") as f:
-        return {r["m"]: r for r in csv.DictReader(f)}
+    return {r["m"]: r for r in rows(out / "results.csv")}
 
 
 def worker_pids(out: Path) -> list[int]:
     return [int(pid) for pid in re.findall(r"^worker (\d+) ready", (out / "worker.log").read_text(), re.M)]
-
-
-@pytest.fixture
-def six(tmp_path) -> Path:
-    path = tmp_path / "six.yaml"
-    path.write_text(SIX)
-    return path
 
 
 def test_each_fault_is_an_error_row_and_a_fresh_worker_runs_the_next_case(six, tmp_path):
@@ -101,8 +75,7 @@ def test_isolate_case_starts_a_fresh_worker_for_every_case(six, tmp_path):
 
 
 def test_sigterm_to_the_process_group_writes_what_finished(tmp_path):
-    slow = tmp_path / "slow.yaml"
-    slow.write_text(SIX.replace("max_time_s: 0.02, rel_ci: 0.5", "max_time_s: 1.0, rel_ci: 0.000001"))
+    slow = suite_file(tmp_path, SIX.replace("max_time_s: 0.02, rel_ci: 0.5", "max_time_s: 1.0, rel_ci: 0.000001"), "slow")
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(slow), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)

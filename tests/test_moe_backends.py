@@ -1,18 +1,18 @@
 """MoE backends against the workload's float32 reference, their skip reasons, the columns they
 add, and a tiny moe suite end to end through the runner (Triton under the interpreter)."""
 
-import csv
 import io
 
 import pytest
 import torch
+from conftest import rows as read_rows
 from rich.console import Console
 
 from harness import backends, config, runner
 from harness.backends import Backend
+from harness.backends.moe import FP8_ROWS, _expert_ffn, padded_rows
 from harness.device import DeviceFacts, detect
 from harness.dtypes import DTYPES
-from harness.backends.moe import FP8_ROWS, _expert_ffn, padded_rows
 from harness.workloads.moe import DENSE, MOE, dense_equivalent_bytes, rows_flops
 
 CPU = DeviceFacts(kind="cpu", name="cpu")
@@ -31,7 +31,7 @@ def run_backend(name, p, dtype):
     inputs = MOE.make_inputs(p, DTYPES[dtype], DEVICE, torch.Generator(DEVICE).manual_seed(3))
     fn = backend.build(inputs, p, DTYPES[dtype])
     columns = backend.columns(inputs, p, DTYPES[dtype]) if backend.columns else {}
-    return MOE.check(inputs, fn(), p, DTYPES[dtype]), columns
+    return MOE.check(inputs, fn(), p, DTYPES[dtype], backend.problem), columns
 
 
 PROBLEMS = {
@@ -65,11 +65,12 @@ def test_triton_backend_matches_the_reference_and_reports_its_padding(problem):
 def test_dense_equivalent_is_checked_as_its_own_problem_and_reports_its_own_bytes():
     p = moe()
     inputs = MOE.make_inputs(p, DTYPES["fp16"], "cpu", torch.Generator().manual_seed(0))
-    out = backends.get("moe", DENSE).build(inputs, p, DTYPES["fp16"])()
-    assert inputs["problem"] == DENSE and out.shape == (5 * 2, 32)
-    assert MOE.check(inputs, out, p, DTYPES["fp16"]) is None
-    inputs["problem"] = "moe"  # the same rows judged as the MoE layer's output are wrong
-    assert "expected (5, 32)" in MOE.check(inputs, out, p, DTYPES["fp16"])
+    backend = backends.get("moe", DENSE)
+    out = backend.build(inputs, p, DTYPES["fp16"])()
+    assert backend.problem == DENSE and out.shape == (5 * 2, 32)
+    assert MOE.check(inputs, out, p, DTYPES["fp16"], DENSE) is None
+    # the same rows judged as the MoE layer's output are wrong
+    assert "expected (5, 32)" in MOE.check(inputs, out, p, DTYPES["fp16"], None)
     dense_bytes = dense_equivalent_bytes(p, DTYPES["fp16"])
     assert backends.get("moe", DENSE).bytes(p, DTYPES["fp16"]) == dense_bytes < MOE.bytes(p, DTYPES["fp16"])
     # its own bytes are known before anything runs: in plans and on skipped rows too
@@ -165,8 +166,7 @@ def test_a_tiny_moe_suite_runs_end_to_end(tmp_path, monkeypatch):
     suite = config.parse(SUITE, "moe-unit.yaml")
     # isolate="none": the `wrong` double is registered in this process only
     assert runner.run(suite, "cpu", tmp_path, Console(file=io.StringIO()), isolate="none") == 1  # the mismatch
-    with open(tmp_path / "results.csv") as f:
-        rows = {(r["backend"], r["dtype"]): r for r in csv.DictReader(f)}
+    rows = {(r["backend"], r["dtype"]): r for r in read_rows(tmp_path / "results.csv")}
     for name in ("torch-loop", "torch-grouped", "triton", "dense-equivalent"):
         assert rows[(name, "fp16")]["status"] == "ok", rows[(name, "fp16")]["reason"]
         assert rows[(name, "fp16")]["experts_active"] == "4"  # 6 pairs wrap around 4 experts

@@ -175,7 +175,6 @@ def test_fp8_dense_equivalent_at_large_k_passes_hopper_rounding_and_fails_a_wron
 
     p = moe(tokens=8, experts=2, top_k=4, hidden=7168, intermediate=128)
     inputs = small_inputs(p, FP8)
-    inputs["problem"] = DENSE
     x = inputs["x"].double().repeat_interleave(p["top_k"], dim=0)
     w_gate_up, w_down = (w.double() for w in expert_weights(inputs, 0))
     k = p["hidden"] - (128 if skip_last_k_block else 0)
@@ -185,5 +184,5 @@ def test_fp8_dense_equivalent_at_large_k_passes_hopper_rounding_and_fails_a_wron
     i = p["intermediate"]
     h = quantize_h(torch.nn.functional.silu(gate_up[:, :i]) * gate_up[:, i:]).double()
     out = (h @ w_down.T).to(torch.bfloat16)
-    problem = MOE.check(inputs, out, p, FP8)
+    problem = MOE.check(inputs, out, p, FP8, DENSE)
     assert (problem is not None) == skip_last_k_block, problem

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY, mfu, rows, suite_file
 
 from harness import cli, results, runs
 from harness.errors import UsageError
 from harness.results import RunDir
 from harness.rundir_lock import LOCK_NAME
-from test_cli import TINY, mfu, rows
 
 # 12 cases, each taking max_time_s: long enough to meet the run while it is going.
 SLOW = (TINY.replace("max_time_s: 0.05, rel_ci: 0.5", "max_time_s: 2.0, rel_ci: 0.000001")
@@ -36,8 +36,7 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
 def finished(tmp_path_factory) -> Path:
     """A finished run of TINY (4 cases); tests copy it, never change it."""
     base = tmp_path_factory.mktemp("finished")
-    (base / "tiny.yaml").write_text(TINY)
-    r = mfu("run", base / "tiny.yaml", "--out", base / "run")
+    r = mfu("run", suite_file(base, TINY, "tiny"), "--out", base / "run")
     assert r.returncode == 0, r.stderr
     return base / "run"
 
@@ -47,13 +46,6 @@ def run(finished, tmp_path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(finished, copy)
     return copy
-
-
-@pytest.fixture
-def tiny(tmp_path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    return path
 
 
 # ------------------------------------------------------------------------------ existing output
@@ -104,8 +96,7 @@ def test_plan_out_never_replaces_a_runs_results(run, tiny):
 
 
 def test_a_second_run_on_the_same_directory_is_refused_and_a_crash_releases_the_lock(tmp_path):
-    slow = tmp_path / "slow.yaml"
-    slow.write_text(SLOW)
+    slow = suite_file(tmp_path, SLOW, "slow")
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(slow), "--out", str(out)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -141,8 +132,8 @@ def test_a_second_run_on_the_same_directory_is_refused_and_a_crash_releases_the_
 
 
 def test_resume_of_another_suite_is_refused_and_says_what_differs(run, tmp_path):
-    other = tmp_path / "other.yaml"
-    other.write_text(TINY.replace("max_time_s: 0.05", "max_time_s: 0.1").replace("[fp32, bf16]", "[fp32, fp16]"))
+    other = suite_file(tmp_path, TINY.replace("max_time_s: 0.05", "max_time_s: 0.1").replace("[fp32, bf16]", "[fp32, fp16]"),
+                       "other")
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != LOCK_NAME}
     message = one_line_error(mfu("run", other, "--resume", run))
     assert message == (f"mfu: {run} holds a run of another suite (2 cases added (e.g. gemm:fp16:m=64,n=32,k=16:torch); "
@@ -152,9 +143,9 @@ def test_resume_of_another_suite_is_refused_and_says_what_differs(run, tmp_path)
 
 
 def test_resume_with_the_same_suite_rewritten_is_accepted(run, tmp_path):
-    same = tmp_path / "same.yaml"
-    same.write_text("# the same cases and timing, written differently\n" + TINY.replace("suite: tiny", "suite: renamed")
-                    .replace("dtype: [fp32, bf16]", "dtype: [bf16, fp32]"))
+    same = suite_file(tmp_path, "# the same cases and timing, written differently\n"
+                      + TINY.replace("suite: tiny", "suite: renamed").replace("dtype: [fp32, bf16]", "dtype: [bf16, fp32]"),
+                      "same")
     r = mfu("run", same, "--resume", run)
     assert r.returncode == 0, r.stderr
     assert "4 done, 0 to run" in r.stdout and len(rows(run / "results.csv")) == 4

@@ -11,11 +11,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import rows as read_rows
 from rich.console import Console
 
-from harness import backends, config, memory, runner, specs
+from harness import backends, columns, config, memory, runner, specs
 from harness.backends import Backend
-from harness import columns
 from harness.results import RunDir
 
 SUITE = """
@@ -38,8 +38,7 @@ def run(s, out, resume=False, isolate="none", repeat=1):
 
 
 def read_csv(out):
-    with open(out / "results.csv") as f:
-        return list(csv.DictReader(f))
+    return read_rows(out / "results.csv")
 
 
 def fake(name, build, unsupported=None):

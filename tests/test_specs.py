@@ -3,6 +3,7 @@
 import pytest
 
 from harness import specs
+from harness.dtype_names import PEAK_KEYS
 from harness.device import DeviceFacts
 
 REPORTED = [
@@ -137,7 +138,7 @@ def test_every_entry_is_sourced_and_positive():
         assert spec.source.startswith("https://"), spec.key
         assert spec.origin == "datasheet"
         assert spec.peaks_tflops and all(v > 0 for v in spec.peaks_tflops.values()), spec.key
-        assert set(spec.peaks_tflops) <= set(specs.DTYPE_KEYS), spec.key
+        assert set(spec.peaks_tflops) <= set(PEAK_KEYS), spec.key
         for value in (spec.memory_gb, spec.sms, spec.boost_mhz, spec.l2_mb):
             assert value is None or value > 0, spec.key
 

@@ -28,6 +28,9 @@ class Backend:
     # The bytes formula, for a backend that by design moves other data than the workload's problem
     # (MoE's dense-equivalent reads one expert's weights); None uses the workload's formula.
     bytes: Callable[[dict, DType], int] | None = None
+    # The problem this backend computes when it is not the workload's own (MoE's dense-equivalent
+    # computes one expert over T·k rows): one of the workload's `problems`, passed to its check.
+    problem: str | None = None
 
 
 _REGISTRY: dict[str, dict[str, Backend]] = {}

@@ -16,8 +16,8 @@ multiple of 16 (1 byte per e4m3 element): cuBLASLt refused an expert with 2 toke
 real row, drop the extra output rows, and report the padded rows as `flops_executed`.
 
 `dense-equivalent` is the ceiling: the same useful FLOPs as dense cuBLAS GEMMs of T·k rows against
-expert 0's weights. It computes a different function, so it marks its inputs (problem=DENSE) for
-the workload's check, writes into its own poisoned buffer, and reports its own traffic as `bytes`
+expert 0's weights. It computes a different function, so it declares that problem
+(Backend.problem = DENSE) for the workload's check, writes into its own poisoned buffer, and reports its own traffic as `bytes`
 (one expert's weights instead of E_act), so its MBU is true and never above the bandwidth.
 """
 
@@ -172,7 +172,6 @@ def _triton_columns(inputs: dict, p: dict, dtype: DType) -> dict:
 
 def _dense_build(inputs: dict, p: dict, dtype: DType):
     x, k = inputs["x"], p["top_k"]
-    inputs["problem"] = DENSE  # the workload checks this backend against the dense reference
     ffn = _expert_ffn(inputs, p["intermediate"])
     pairs = p["tokens"] * k
     tokens = torch.arange(pairs, device=x.device) // k  # token t on rows t·k … t·k + k - 1
@@ -195,4 +194,4 @@ register(Backend("moe", "torch-grouped", "torch's grouped GEMM (CUTLASS, bf16, s
 register(Backend("moe", "triton", "ours: kernels/moe.py, sorted and padded blocks, fused gate/up with SiLU·mul",
                  _triton_unsupported, _triton_build, _triton_columns))
 register(Backend("moe", DENSE, "dense cuBLAS GEMMs of T·k rows against one expert: the same useful FLOPs",
-                 _torch_unsupported, _dense_build, _executed_columns, bytes=dense_equivalent_bytes))
+                 _torch_unsupported, _dense_build, _executed_columns, bytes=dense_equivalent_bytes, problem=DENSE))

@@ -54,6 +54,9 @@ class Workload:
     presets: dict[str, Callable[[], list[dict]]] = {}
     summary_columns: tuple[str, ...] = ()  # extra result columns the summary table shows
     baseline: str | None = None  # the backend others are compared with ("× baseline" in the summary)
+    # Other problems than the workload's own that a backend may compute (its Backend.problem) and
+    # check() knows the reference of; () for most workloads.
+    problems: tuple[str, ...] = ()
 
     def declaration(self) -> dict:
         """What a run directory's schema records of this workload (harness/schema.py)."""
@@ -90,8 +93,10 @@ class Workload:
         """Fresh random inputs (never zeros) and a poisoned output buffer, `out`."""
         raise NotImplementedError
 
-    def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType) -> str | None:
-        """Compare a backend's output with a higher-precision reference: None, or what is wrong."""
+    def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType, problem: str | None = None) -> str | None:
+        """Compare a backend's output with a higher-precision reference: None, or what is wrong.
+        `problem` is the backend's declared problem (Backend.problem, one of `problems`); None is
+        the workload's own."""
         raise NotImplementedError
 
 

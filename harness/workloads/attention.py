@@ -152,7 +152,7 @@ class Attention(Workload):
         out = torch.full(q_shape, float("nan"), dtype=dtype.storage, device=device)
         return {"q": q, "k": k, "v": v, "out": out}
 
-    def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType) -> str | None:
+    def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType, problem: str | None = None) -> str | None:
         want = (p["batch"], p["heads"], p["seq_q"], p["head_dim"])
         if tuple(out.shape) != want or out.dtype != dtype.storage:
             return f"output is {tuple(out.shape)} {out.dtype}, expected {want} {dtype.storage}"

@@ -280,7 +280,7 @@ class Block(Workload):
                                                                 generator=gen) for _ in range(2))
         return inputs
 
-    def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType) -> str | None:
+    def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType, problem: str | None = None) -> str | None:
         want = (tokens(p), p["hidden"])
         if tuple(out.shape) != want or out.dtype != dtype.storage:
             return f"output is {tuple(out.shape)} {out.dtype}, expected {want} {dtype.storage}"

@@ -75,7 +75,7 @@ class Gemm(Workload):
             out = torch.full((m, n), INT_SENTINEL, dtype=dtype.output, device=device)
         return {"a": a, "b": w.t(), "out": out}
 
-    def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType) -> str | None:
+    def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType, problem: str | None = None) -> str | None:
         if out.shape != (p["m"], p["n"]) or out.dtype != dtype.output:
             return f"output is {tuple(out.shape)} {out.dtype}, expected {(p['m'], p['n'])} {dtype.output}"
         ref_dtype = _reference_dtype(dtype)

@@ -25,7 +25,8 @@ problem (cached), so every backend sees the same one and `mfu plan` never touche
 Routing weights are a seeded softmax over the k slots. `model:` presets fill experts, top_k,
 hidden and intermediate from harness/models.py (each cites its config.json); shared experts are
 left out. The `dense-equivalent` backend runs a different problem (one expert, T·k rows); it
-marks its inputs with problem=DENSE and check() compares it with that problem's reference.
+declares it (Backend.problem = DENSE, one of this workload's `problems`) and check() compares it
+with that problem's reference.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class Moe(Workload):
     dtypes = ("bf16", "fp16", "fp8")
     default_dtype = "bf16"
     baseline = DENSE  # the same useful FLOPs as dense GEMMs: the ceiling MoE is compared with
+    problems = (DENSE,)  # the dense-equivalent backend's: one expert over T·k rows
     summary_columns = ("experts_active", "expert_tokens_max", "flops_executed")
     presets = {name: _preset_rows(name) for name, spec in models.MODELS.items() if spec.is_moe}
 
@@ -184,8 +186,7 @@ class Moe(Workload):
             inputs.update(w_gate_up_scale=gate_up_scale, w_down_scale=down_scale)
         return inputs
 
-    def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType) -> str | None:
-        problem = inputs.get("problem", "moe")
+    def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType, problem: str | None = None) -> str | None:
         rows = p["tokens"] * (p["top_k"] if problem == DENSE else 1)
         want = (rows, p["hidden"])
         if tuple(out.shape) != want or out.dtype != dtype.output:
@@ -267,7 +268,7 @@ def spans(counts: torch.Tensor) -> list[tuple[int, int, int]]:
     return [(e, start, end) for e, (start, end) in enumerate(zip([0] + ends[:-1], ends)) if end > start]
 
 
-def expert_groups(p: dict, problem: str = "moe"):
+def expert_groups(p: dict, problem: str | None = None):
     """(expert, input rows, output rows, weights) per expert with rows, on the CPU.
 
     For the MoE, (token, slot) pairs grouped by expert, input and output row both the token; for
@@ -286,7 +287,7 @@ def expert_groups(p: dict, problem: str = "moe"):
         yield e, tokens, tokens, weights[start:end]
 
 
-def reference(inputs: dict, p: dict, problem: str = "moe") -> torch.Tensor:
+def reference(inputs: dict, p: dict, problem: str | None = None) -> torch.Tensor:
     """The float32 output, one expert (and one chunk of its rows) at a time, so that its extra
     memory is one expert's weights in fp32 plus a chunk, whatever the number of experts."""
     x, i, fp8 = inputs["x"], p["intermediate"], inputs["x"].dtype == torch.float8_e4m3fn
