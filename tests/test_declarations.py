@@ -72,6 +72,7 @@ def test_every_dtype_named_anywhere_is_in_the_vocabulary():
         assert set(wl.dtypes) <= set(NAMES) and wl.default_dtype in wl.dtypes, name
     for kind, names in sweep.MATMUL_DTYPES.items():
         assert set(names) <= set(NAMES), kind
+    assert set(sweep.MATMUL_DTYPES["cuda"]) == set(NAMES)  # a GPU ceiling for every dtype a suite may use
     assert set(GPU_TABLE_DTYPES) <= set(PEAK_KEYS)
     assert set(COMPUTE_ROUNDOFF) <= set(NAMES)
     for arch, rates in specs.ARCH_RATES.values():

@@ -75,10 +75,14 @@ def test_isolate_case_starts_a_fresh_worker_for_every_case(six, tmp_path):
 
 
 def test_sigterm_to_the_process_group_writes_what_finished(tmp_path):
-    slow = suite_file(tmp_path, SIX.replace("max_time_s: 0.02, rel_ci: 0.5", "max_time_s: 1.0, rel_ci: 0.000001"), "slow")
+    six = suite_file(tmp_path, SIX, "six")
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(slow), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # Every case after the first hangs, so the run is surely still going when the signal comes (a
+    # suite made slow by its timing settings can still converge at once on a quantized clock).
+    stuck = {**os.environ, faults.VARIABLE: r"m=[2-6]\b=hang"}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(six), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=stuck)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the first case is on disk
         if (out / "cases.jsonl").exists() and (out / "cases.jsonl").read_text().strip():

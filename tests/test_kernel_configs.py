@@ -8,7 +8,6 @@ cache must stay empty (nothing benchmarked). The `gpu` tests use the same path w
 import pytest
 import torch
 import triton
-import triton.language as tl
 
 from kernels import attention, decode_attention, gemm, moe
 

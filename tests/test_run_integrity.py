@@ -2,6 +2,7 @@
 an --out that holds something, two runs on one directory, a resume of another suite, a line cut
 short by a crash, outputs that cannot be written, and damaged results read back."""
 
+import os
 import json
 import shutil
 import signal
@@ -98,8 +99,10 @@ def test_plan_out_never_replaces_a_runs_results(run, tiny):
 def test_a_second_run_on_the_same_directory_is_refused_and_a_crash_releases_the_lock(tmp_path):
     slow = suite_file(tmp_path, SLOW, "slow")
     out = tmp_path / "run"
+    # Every case after the first (fp32) hangs: the first run surely outlives the others' attempts.
     first = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(slow), "--out", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "MFU_INJECT_FAULT": "bf16|fp16=hang"})
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not ((out / LOCK_NAME).exists() and (out / LOCK_NAME).read_text()):
@@ -114,7 +117,7 @@ def test_a_second_run_on_the_same_directory_is_refused_and_a_crash_releases_the_
             message = one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
             assert message == (f"mfu: {out} is in use by pid {first.pid} (an mfu run writing it): wait for it "
                                f"to end, or choose another --out")
-        assert first.poll() is None, "the first run ended before the others were refused: make SLOW slower"
+        assert first.poll() is None, "the first run ended before the others were refused"
         while time.time() < deadline and not (out / "cases.jsonl").exists():  # its worker has started
             time.sleep(0.1)
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from harness import cli, config, plan, runs, specs, summary, tables
 from harness.tables import NUMBER, Table
