@@ -43,8 +43,9 @@ from typing import Callable
 
 from rich.console import Console
 
-from harness import runs, tables
-from harness.claim_rules import evaluate
+from harness.present import tables
+from harness.present.claim_rules import evaluate
+from harness.store import runs
 
 GRACE_S = 20.0  # after SIGINT: time to write what finished before SIGKILL
 DEFAULT_BUDGET_S = {"cuda": 480.0, "cpu": 180.0}
@@ -302,8 +303,9 @@ def add_command(sub) -> None:
 
 
 def _command(args, console: Console) -> int:
-    from harness import config, device
     from harness.errors import UsageError
+    from harness.hardware import device
+    from harness.measure import config
 
     kind = args.device or device.default_device()
     if kind == "cuda":

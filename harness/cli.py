@@ -21,25 +21,28 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from harness import rundir_lock, tables
 from harness.errors import UsageError, os_error_text
-from harness.results import RunDir
-from harness.summary import fmt
+from harness.present import tables
+from harness.present.summary import fmt
+from harness.store import rundir_lock
+from harness.store.results import RunDir
 
 if TYPE_CHECKING:  # annotations only: reading commands must not import workloads (and torch)
-    from harness import config, specs, summary
+    from harness.hardware import specs
+    from harness.measure import config
+    from harness.present import summary
 
 EXIT_USAGE = 2
 PLAN_SUMMARY_OVER = 60  # more planned cases than this: a grouped summary, not every case
 # Modules that each add one subcommand: a module-level `add_command(subparsers)` registers a parser
 # whose `command` default is a function (args, console) -> exit code.
-COMMAND_MODULES: list[str] = ["harness.ceilings", "harness.compare", "harness.history", "harness.report", "harness.export",
-                               "harness.claims", "harness.checkup"]
+COMMAND_MODULES: list[str] = ["harness.hardware.ceilings", "harness.present.compare", "harness.present.history", "harness.present.report", "harness.present.export",
+                               "harness.present.claims", "harness.checkup"]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # A terminal's tables are fitted to its width (harness/tables.py); in a pipe or a CI log the
+    # A terminal's tables are fitted to its width (harness/present/tables.py); in a pipe or a CI log the
     # tables are markdown and every other line is printed whole, never folded at 80 columns.
     console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
     if getattr(args, "format", None) in ("csv", "json"):
@@ -138,7 +141,7 @@ def add_output_flags(parser: argparse.ArgumentParser, columns: bool = False) -> 
 
 def default_suite(kind: str):
     """The suite (a config.Suite) shipped inside the package for this device kind."""
-    from harness import config
+    from harness.measure import config
 
     name = f"default-{kind}.yaml"
     text = (resources.files("harness") / "suites" / name).read_text()
@@ -146,7 +149,7 @@ def default_suite(kind: str):
 
 
 def _run(args, console: Console) -> int:
-    from harness import config, faults
+    from harness.measure import config, faults
 
     faults.check_environment()  # a malformed MFU_INJECT_FAULT is refused before anything is written
     if args.resume and args.force:
@@ -172,7 +175,7 @@ def _run(args, console: Console) -> int:
 
 def _resume(args, console: Console) -> int:
     """Continue a run directory: the same suite, under its lock, after setting aside a cut-short line."""
-    from harness import config
+    from harness.measure import config
 
     out = args.resume
     if not out.is_dir():
@@ -201,7 +204,7 @@ def _resume(args, console: Console) -> int:
 
 
 def _device_kind(asked: str | None, previous: dict) -> str:
-    from harness import device
+    from harness.hardware import device
 
     kind = asked or previous.get("device_kind") or device.default_device()
     if kind == "cuda" and not _cuda_available():
@@ -211,7 +214,7 @@ def _device_kind(asked: str | None, previous: dict) -> str:
 
 def _measure(suite: config.Suite, kind: str, out: Path, console: Console, args, resume: bool) -> int:
     """runner.run, holding the lock; a write that fails midway says where the finished cases are."""
-    from harness import runner
+    from harness.measure import runner
 
     try:
         return runner.run(suite, kind, out, console, resume=resume, repeat=args.repeat,
@@ -225,7 +228,7 @@ def _measure(suite: config.Suite, kind: str, out: Path, console: Console, args, 
 
 
 def _view(args) -> "summary.View":
-    from harness import summary
+    from harness.present import summary
 
     long = args.long or bool(args.columns) or args.wide
     return summary.View("long" if long else "side", args.columns, args.wide, tables.output_format(args.format))
@@ -269,7 +272,8 @@ def _cuda_available() -> bool:
 
 
 def _plan(args, console: Console) -> int:
-    from harness import config, device, plan, runner, specs
+    from harness.hardware import device, specs
+    from harness.measure import config, plan, runner
 
     suite = _only(config.load(args.config) if args.config else default_suite("cuda"), args.only)
     spec = None
@@ -302,7 +306,7 @@ GPU_COLUMNS = [("key", "key"), ("name", "name"), *((d, f"{d} TFLOPS") for d in G
 
 
 def _gpus(args, console: Console) -> int:
-    from harness import device, specs
+    from harness.hardware import device, specs
 
     if args.detect:
         if not _cuda_available():

@@ -11,12 +11,12 @@ Registered through the `pytest11` entry point, so installing mfu-harness makes i
 - `mfu_case` is parametrized with every case of `--mfu-suite` (default: the shipped suite for the
   device), one test per case, named by its case_id.
 - `mfu_benchmark(case)` runs the case as `mfu run` does (skip, check against the reference, then
-  time with harness.timing.Timer: CUDA events, L2 flush, adaptive sample count) and hands the
+  time with harness.measure.timing.Timer: CUDA events, L2 flush, adaptive sample count) and hands the
   samples to pytest-benchmark, so its statistics, JSON, `--benchmark-compare` and
   `pytest-benchmark compare` work unchanged. pytest-benchmark's own timer is not used: a host
   clock around an asynchronous GPU launch measures the launch, not the kernel. A skipped case is
   a skipped test; error, mismatch and suspect fail the test.
-- `extra_info` holds the case's columns (TFLOPS, GB/s, MFU, MBU, ...: harness/export.py's
+- `extra_info` holds the case's columns (TFLOPS, GB/s, MFU, MBU, ...: harness/present/export.py's
   `extra_info`, from the column registry); `machine_info["mfu"]` the GPU facts, peak entry,
   software and column schema, once an mfu test ran.
 
@@ -53,7 +53,7 @@ def pytest_generate_tests(metafunc) -> None:
 @pytest.fixture(scope="session")
 def mfu_context(pytestconfig):
     """What every mfu case shares: the device, its peaks and ceilings, the timer."""
-    from harness.case import context
+    from harness.measure.case import context
 
     state = pytestconfig.stash[_STATE]
     if "context" not in state:
@@ -64,9 +64,10 @@ def mfu_context(pytestconfig):
 @pytest.fixture
 def mfu_benchmark(benchmark, mfu_context):
     """A function that runs one case into the `benchmark` fixture and returns its result row."""
-    from harness import ids, workloads
-    from harness.case import run_case
-    from harness.export import extra_info
+    from harness import workloads
+    from harness.measure.case import run_case
+    from harness.present.export import extra_info
+    from harness.store import ids
 
     def run(case) -> dict:
         row, samples = run_case(case, mfu_context)
@@ -103,16 +104,16 @@ def pytest_benchmark_update_machine_info(config, machine_info) -> None:
     context = config.stash.get(_STATE, {}).get("context")
     if context is None:
         return
-    from harness import environment
-    from harness.export import machine_info as facts
-    from harness.runner import schema_for
+    from harness.hardware import environment
+    from harness.measure.runner import schema_for
+    from harness.present.export import machine_info as facts
 
     spec = context.spec.to_dict() if context.spec else None
     machine_info["mfu"] = facts(context.facts.to_dict(), spec, environment.software(), schema_for(_suite(config)))
 
 
 def _device(config) -> str:
-    from harness import device
+    from harness.hardware import device
 
     return config.getoption("mfu_device") or device.default_device()
 
@@ -121,7 +122,7 @@ def _suite(config):
     state = config.stash[_STATE]
     if "suite" not in state:
         from harness import cli
-        from harness import config as suites
+        from harness.measure import config as suites
 
         path = config.getoption("mfu_suite")
         try:

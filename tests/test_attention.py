@@ -14,10 +14,11 @@ import torch
 from conftest import rows as read_rows
 from rich.console import Console
 
-from harness import backends, config, memory, runner
-from harness.check import compare
-from harness.device import DeviceFacts
-from harness.dtypes import DTYPES
+from harness import backends
+from harness.measure import config, memory, runner
+from harness.measure.check import compare
+from harness.hardware.device import DeviceFacts
+from harness.measure.dtypes import DTYPES
 from harness.workloads import attention as attn_module
 from harness.workloads.attention import ATTENTION, attended_pairs, visible
 from harness.workloads.attention import tolerance_for as attention_tolerance

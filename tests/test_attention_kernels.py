@@ -6,7 +6,7 @@ head_dim padded to a power of two, GQA and MQA, bottom-right causal with seq_q <
 with one split, many splits, and a split in which a query sees no key at all. The `gpu` tests add
 bf16 at real sizes, with one fixed config per kernel.
 
-Outputs are judged by the harness's one rule (harness/check.py) with the attention workload's
+Outputs are judged by the harness's one rule (harness/measure/check.py) with the attention workload's
 tolerance (k = seq_kv + head_dim, P and the output rounded): relative to each output row's scale,
 since outputs shrink like 1/sqrt(keys seen); the bf16 tests at real sizes run the workload's check.
 """
@@ -16,8 +16,8 @@ import math
 import pytest
 import torch
 
-from harness.check import compare
-from harness.dtypes import DTYPES
+from harness.measure.check import compare
+from harness.measure.dtypes import DTYPES
 from harness.workloads.attention import ATTENTION, tolerance_for as attention_tolerance
 from kernels import attention, decode_attention
 

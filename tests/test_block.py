@@ -9,13 +9,14 @@ import weakref
 import pytest
 import torch
 
-from harness import backends, config
+from harness import backends
+from harness.measure import config
 from harness.backends import block as block_backends
 from harness.workloads import block as block_workload
-from harness.device import DeviceFacts, detect
-from harness.dtypes import DTYPES
-from harness.workloads.block import (BLOCK, Ops, causal_attend, expert_groups, expert_loop, forward, rope_tables,
-                                     weight_shapes)
+from harness.hardware.device import DeviceFacts, detect
+from harness.measure.dtypes import DTYPES
+from harness.workloads.block import BLOCK, expert_groups, weight_shapes
+from harness.workloads.block_model import Ops, causal_attend, expert_loop, forward, rope_tables
 
 CPU = DeviceFacts(kind="cpu", name="cpu")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from harness import claims, report, roofline, runs
+from harness.present import claims, report, roofline
+from harness.store import runs
 
 ROOT = Path(__file__).resolve().parent.parent
 H200_RUN = ROOT / "results" / "h200-sxm-default-cuda-2026-12-04"

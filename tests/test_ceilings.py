@@ -10,9 +10,11 @@ import torch
 from conftest import rows as read_rows
 from rich.console import Console
 
-from harness import backends, ceilings, cli, config, device, runner, sweep
+from harness import backends, cli
+from harness.hardware import ceilings, device, sweep
+from harness.measure import config, runner
 from harness.backends import Backend
-from harness.device import DeviceFacts
+from harness.hardware.device import DeviceFacts
 
 # l2_flush on: the same cold-cache timing as real suites.
 SUITE = """

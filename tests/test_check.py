@@ -1,4 +1,4 @@
-"""harness/check.py, the one correctness rule: ordinary rounding passes at every K, planted faults fail.
+"""harness/measure/check.py, the one correctness rule: ordinary rounding passes at every K, planted faults fail.
 
 Outputs are made on the CPU in float64 from e4m3/bf16/fp16-valued inputs, then damaged the way a
 broken kernel would damage them, or rounded the way a correct one rounds (reduced-precision
@@ -8,8 +8,8 @@ accumulators, bf16/fp16 outputs), and judged by the same tolerance() the workloa
 import pytest
 import torch
 
-from harness.check import Comparison, compare, tolerance
-from harness.dtypes import DTYPES
+from harness.measure.check import Comparison, compare, tolerance
+from harness.measure.dtypes import DTYPES
 
 STORAGE = {"fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16, "fp16": torch.float16}
 

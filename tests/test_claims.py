@@ -5,8 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import claims, cli, config
-from harness.claim_rules import CLAIMS, FAILS, HOLDS, UNMEASURABLE, evaluate
+from harness.present import claims
+import harness
+from harness import cli
+from harness.measure import config
+from harness.present.claim_rules import CLAIMS, FAILS, HOLDS, UNMEASURABLE, evaluate
 
 GPU = {"device_kind": "cuda", "ceilings": {"matmul_tflops": {"bf16": 800.0}, "exp_per_s": 3.5e12}}
 CPU = {"device_kind": "cpu"}
@@ -117,7 +120,7 @@ def test_triton_against_vendor_per_workload():
 
 
 def test_configs_claims_is_the_shipped_gpu_suite_and_both_suites_parse():
-    shipped = Path(claims.__file__).parent / "suites" / "claims-cuda.yaml"
+    shipped = Path(harness.__file__).parent / "suites" / "claims-cuda.yaml"
     assert (Path(__file__).parent.parent / "configs" / "claims.yaml").read_text() == shipped.read_text()
     cuda, cpu = claims.shipped_suite("cuda"), claims.shipped_suite("cpu")
     blocks = [c.p for c in cuda.cases if c.workload == "block"]

@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import ROOT, TINY, mfu, rows, suite_file
 
-from harness import specs
+from harness.hardware import specs
 
 
 def test_run_writes_a_complete_run_directory(tiny, tmp_path):

@@ -13,8 +13,10 @@ import statistics
 import numpy as np
 import pytest
 
-from harness import cli, compare, runs, schema
-from harness.results import RunDir
+from harness import cli
+from harness.present import compare
+from harness.store import runs, schema
+from harness.store.results import RunDir
 
 H100 = {"kind": "cuda", "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-aaaa", "driver": "570.86"}
 SOFTWARE = {"torch": "2.6.0", "triton": "3.2.0", "harness": "0.1.0", "git_commit": "1111111"}

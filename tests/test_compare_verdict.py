@@ -4,7 +4,7 @@ significant on the raw samples to be `faster` or `slower`; everything else is `s
 import numpy as np
 import pytest
 
-from harness.verdict import ALPHA, Timing, judge
+from harness.present.verdict import ALPHA, Timing, judge
 
 
 def samples(median: float, n: int = 50, sigma: float = 0.02, seed: int = 0) -> Timing:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import config, models
+from harness.measure import config, models
 from harness.cli import default_suite
 
 

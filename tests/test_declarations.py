@@ -1,19 +1,22 @@
 """What workloads and backends declare as plain values is checked against what exists: each
 workload's baseline is one of its backends, its summary columns are columns its rows carry, a
 backend's own problem is one its workload can check, and every dtype named anywhere is in the one
-vocabulary (harness/dtype_names.py). Plus the shared facts: problem ids, speedup and geomean."""
+vocabulary (harness/measure/dtype_names.py). Plus the shared facts: problem ids, speedup and geomean."""
 
 import math
 
 import pytest
 
-from harness import backends, columns, ids, ratios, specs, sweep, workloads
-from harness.check import COMPUTE_ROUNDOFF
+from harness import backends, workloads
+from harness.store import columns, ids
+from harness.present import ratios
+from harness.hardware import specs, sweep
+from harness.measure.check import COMPUTE_ROUNDOFF
 from harness.cli import GPU_TABLE_DTYPES
-from harness.config import Case, parse
-from harness.device import DeviceFacts
-from harness.dtype_names import NAMES, PEAK_KEYS
-from harness.dtypes import DTYPES
+from harness.measure.config import Case, parse
+from harness.hardware.device import DeviceFacts
+from harness.measure.dtype_names import NAMES, PEAK_KEYS
+from harness.measure.dtypes import DTYPES
 
 WORKLOADS = list(workloads.REGISTRY.items())
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness import device, nvml, specs
+from harness.hardware import device, nvml, specs
 
 H100_PROPS = SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0, multi_processor_count=132,
                              L2_cache_size=50 << 20, total_memory=80 << 30, uuid="1234-abcd")

@@ -8,7 +8,8 @@ import sys
 import pytest
 from test_compare import case_id, make_run, mfu, noisy
 
-from harness import compare, runs
+from harness.present import compare
+from harness.store import runs
 
 pytest.importorskip("pytest_benchmark")
 

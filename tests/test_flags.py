@@ -6,10 +6,12 @@ import json
 
 import pytest
 
-from harness import ceilings, config, specs, summary
-from harness.case import Context, base_row, finish_row
-from harness.device import DeviceFacts
-from harness.timing import Timer
+from harness.hardware import ceilings, specs
+from harness.measure import config
+from harness.present import summary
+from harness.measure.case import Context, base_row, finish_row
+from harness.hardware.device import DeviceFacts
+from harness.measure.timing import Timer
 
 H100 = specs.lookup("h100-sxm")
 FACTS = DeviceFacts(kind="cuda", name="NVIDIA H100 80GB HBM3", vendor="nvidia", uuid="GPU-planted",

@@ -4,9 +4,10 @@ import math
 
 import pytest
 
-from harness import metrics, specs
-from harness.device import DeviceFacts
-from harness.dtypes import DTYPES
+from harness.measure import metrics
+from harness.hardware import specs
+from harness.hardware.device import DeviceFacts
+from harness.measure.dtypes import DTYPES
 from harness.workloads.gemm import GEMM
 
 H100 = specs.lookup("h100-sxm")

@@ -1,5 +1,5 @@
 """Runs that describe themselves and read back as DataFrames: the schema in meta.json, the one
-reader (harness/frames.py), old runs without a schema (the committed H200 runs under results/),
+reader (harness/store/frames.py), old runs without a schema (the committed H200 runs under results/),
 readers that never import torch, and compare/history naming a change of timing settings."""
 
 import json
@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 import harness
-from harness import columns, compare, history, runs
+from harness.store import columns, runs
+from harness.present import compare, history
 from test_compare import case_id, make_run, noisy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,7 +187,7 @@ def test_passes_pool_as_the_registry_says():
 
 
 def test_every_telemetry_column_is_registered_once():
-    from harness import telemetry
+    from harness.measure import telemetry
 
     names = [c.name for c in columns.COLUMNS]
     assert len(names) == len(set(names))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness.dtypes import DTYPES, matmul_precision
+from harness.measure.dtypes import DTYPES, matmul_precision
 from harness.workloads.gemm import GEMM, INT_SENTINEL
 
 P = {"m": 48, "n": 40, "k": 96}

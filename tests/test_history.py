@@ -7,7 +7,8 @@ import json
 import pytest
 from test_compare import SOFTWARE, case_id, make_run, mfu, noisy
 
-from harness import history, runs
+from harness.present import history
+from harness.store import runs
 
 STEPPED, FLAT = case_id(256), case_id(512)
 

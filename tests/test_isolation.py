@@ -16,10 +16,11 @@ import torch
 from conftest import SIX, mfu, rows, suite_file
 from rich.console import Console
 
-from harness import cli, config, faults, runner
-from harness.case import context, run_case
+from harness import cli
+from harness.measure import config, faults, runner
+from harness.measure.case import context, run_case
 from harness.errors import UsageError
-from harness.supervisor import Supervisor
+from harness.measure.supervisor import Supervisor
 
 
 def rows_by_m(out: Path) -> dict[str, dict]:

@@ -5,7 +5,7 @@ shapes stay small; the same tests run on a GPU, where the `gpu`-marked ones add 
 medium shapes with one fixed config (`config=gemm.FIXED_CONFIG`: no autotuning), and the `auto`
 choice, autotuned once on a small shape.
 
-Outputs are judged by the harness's one rule (harness/check.py): a float64 reference on the CPU,
+Outputs are judged by the harness's one rule (harness/measure/check.py): a float64 reference on the CPU,
 the NaN/unwritten guard, an outlier bound per element and a bound on the relative Frobenius error,
 both from the dtype and K (tf32 adds its input rounding; fp8 Hopper's short accumulator); int8's
 int32 results must be exact.
@@ -14,8 +14,8 @@ int32 results must be exact.
 import pytest
 import torch
 
-from harness.check import compare, tolerance
-from harness.dtypes import DTYPES
+from harness.measure.check import compare, tolerance
+from harness.measure.dtypes import DTYPES
 from kernels import common, gemm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -8,11 +8,12 @@ import torch
 from conftest import rows as read_rows
 from rich.console import Console
 
-from harness import backends, config, runner
+from harness import backends
+from harness.measure import config, runner
 from harness.backends import Backend
 from harness.backends.moe import FP8_ROWS, _expert_ffn, padded_rows
-from harness.device import DeviceFacts, detect
-from harness.dtypes import DTYPES
+from harness.hardware.device import DeviceFacts, detect
+from harness.measure.dtypes import DTYPES
 from harness.workloads.moe import DENSE, MOE, dense_equivalent_bytes, rows_flops
 
 CPU = DeviceFacts(kind="cpu", name="cpu")
@@ -74,8 +75,8 @@ def test_dense_equivalent_is_checked_as_its_own_problem_and_reports_its_own_byte
     dense_bytes = dense_equivalent_bytes(p, DTYPES["fp16"])
     assert backends.get("moe", DENSE).bytes(p, DTYPES["fp16"]) == dense_bytes < MOE.bytes(p, DTYPES["fp16"])
     # its own bytes are known before anything runs: in plans and on skipped rows too
-    from harness.case import Context, base_row
-    from harness.config import Case
+    from harness.measure.case import Context, base_row
+    from harness.measure.config import Case
 
     row = base_row(Case("moe", DENSE, "fp16", tuple(p.items())), Context("plan", DeviceFacts(kind="plan", name=""), None))
     assert row["bytes"] == dense_bytes

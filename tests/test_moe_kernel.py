@@ -9,8 +9,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from harness.check import compare
-from harness.dtypes import DTYPES
+from harness.measure.check import compare
+from harness.measure.dtypes import DTYPES
 from harness.workloads.moe import tolerance_for
 from kernels import moe
 
@@ -51,7 +51,7 @@ def problem(tokens, experts, top_k, hidden, inter, dtype, ids=None, seed=0, on_g
 
 
 def assert_matches(out, ref, top_k, hidden, inter, dtype):
-    """The harness's one rule (harness/check.py) with the MoE workload's tolerance."""
+    """The harness's one rule (harness/measure/check.py) with the MoE workload's tolerance."""
     p = {"hidden": hidden, "intermediate": inter, "top_k": top_k}
     problem = compare(out.to(ref.dtype), ref, tolerance_for(p, DTYPES[dtype]))
     assert problem is None, problem

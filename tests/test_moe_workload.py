@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import config, memory, plan, specs
-from harness.case import Context, run_case
-from harness.device import detect
-from harness.dtypes import DTYPES
+from harness.measure import config, memory, plan
+from harness.hardware import specs
+from harness.measure.case import Context, run_case
+from harness.hardware.device import detect
+from harness.measure.dtypes import DTYPES
 from harness.workloads.moe import MOE, dense_equivalent_bytes, realize, reference
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from harness import runs
+from harness.store import runs
 
 pytest.importorskip("pytest_benchmark")
 

@@ -14,7 +14,9 @@ import pytest
 from matplotlib.text import Text
 from test_compare import case_id, make_run, mfu, noisy
 
-from harness import report, roofline, runs, specs
+from harness.present import report, roofline
+from harness.store import runs
+from harness.hardware import specs
 
 H200_RUN = Path(__file__).resolve().parent.parent / "results" / "h200-sxm-default-cuda-2026-12-04"
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from conftest import TINY, mfu, rows, suite_file
 
-from harness import cli, results, runs
+from harness import cli
+from harness.store import results, runs
 from harness.errors import UsageError
-from harness.results import RunDir
-from harness.rundir_lock import LOCK_NAME
+from harness.store.results import RunDir
+from harness.store.rundir_lock import LOCK_NAME
 
 # 12 cases, each taking max_time_s: long enough to meet the run while it is going.
 SLOW = (TINY.replace("max_time_s: 0.05, rel_ci: 0.5", "max_time_s: 2.0, rel_ci: 0.000001")

@@ -14,9 +14,12 @@ import torch
 from conftest import rows as read_rows
 from rich.console import Console
 
-from harness import backends, columns, config, memory, runner, specs
+from harness import backends
+from harness.store import columns
+from harness.measure import config, memory, runner
+from harness.hardware import specs
 from harness.backends import Backend
-from harness.results import RunDir
+from harness.store.results import RunDir
 
 SUITE = """
 suite: unit

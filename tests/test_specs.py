@@ -1,10 +1,10 @@
-"""Tests for harness/specs.py: the datasheet table, name matching, lookup and derivation."""
+"""Tests for harness/hardware/specs.py: the datasheet table, name matching, lookup and derivation."""
 
 import pytest
 
-from harness import specs
-from harness.dtype_names import PEAK_KEYS
-from harness.device import DeviceFacts
+from harness.hardware import specs
+from harness.measure.dtype_names import PEAK_KEYS
+from harness.hardware.device import DeviceFacts
 
 REPORTED = [
     ("NVIDIA H100 80GB HBM3", "h100-sxm"),

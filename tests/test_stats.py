@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness import stats
+from harness.measure import stats
 
 
 def test_ci_indices_match_the_binomial_table():

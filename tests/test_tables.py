@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, config, plan, runs, specs, summary, tables
-from harness.tables import NUMBER, Table
+from harness import cli
+from harness.measure import config, plan
+from harness.store import runs
+from harness.hardware import specs
+from harness.present import summary, tables
+from harness.present.tables import NUMBER, Table
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTHS = (80, 120)
@@ -133,7 +137,7 @@ def test_text_is_shortened_in_the_middle_and_numbers_never():
 def test_constant_key_columns_move_above_the_table_and_empty_headings_are_not_printed():
     t = Table("t", ["dtype", "m", "ms"], [["bf16", "1", "2.0"], ["bf16", "2", "3.0"]], keys=2)
     assert t.headers == ["m", "ms"] and t.context == ["dtype: bf16"]
-    from harness import compare
+    from harness.present import compare
 
     assert all(table.rows or table.notes for table in compare.Comparison([], [], []).tables)
 
@@ -147,14 +151,14 @@ def test_markdown_and_csv_in_a_pipe_have_no_box_drawing(cpu_run, capsys):
 
 
 def test_plan_and_run_give_one_memory_figure_for_a_case():
-    from harness import memory
+    from harness.measure import memory
 
     need = 400 * 2**30
     suite = config.parse("suite: s\ncases:\n  - workload: gemm\n    m: 8192\n    n: 8192\n    k: 8192\n"
                          "    backends: [torch]\n    dtype: bf16\n", "<test>")
     row = plan.plan(suite, None)[0]
     from harness import workloads
-    from harness.dtypes import DTYPES
+    from harness.measure.dtypes import DTYPES
 
     wl_need = workloads.REGISTRY["gemm"].memory_bytes(suite.cases[0].p, DTYPES["bf16"])
     assert row["memory_gib"] * 2**30 == pytest.approx(memory.required_bytes(wl_need))

@@ -3,8 +3,9 @@ throttle verdict and mfu_at_clock built on them."""
 
 import pytest
 
-from harness import metrics, nvml, specs, telemetry
-from harness.device import DeviceFacts
+from harness.measure import metrics, telemetry
+from harness.hardware import nvml, specs
+from harness.hardware.device import DeviceFacts
 
 
 class FakeNVML:

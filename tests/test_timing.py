@@ -6,8 +6,8 @@ import time
 import pytest
 import torch
 
-from harness import timing
-from harness.timing import Timer, TimingSettings
+from harness.measure import timing
+from harness.measure.timing import Timer, TimingSettings
 
 
 def sleeper(ms: float):

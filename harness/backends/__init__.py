@@ -12,8 +12,8 @@ from typing import Callable
 
 import torch
 
-from harness.device import DeviceFacts
-from harness.dtypes import DType
+from harness.hardware.device import DeviceFacts
+from harness.measure.dtypes import DType
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from harness import memory
 from harness.backends import Backend, register
-from harness.device import DeviceFacts
-from harness.dtypes import DTYPES, DType
+from harness.hardware.device import DeviceFacts
+from harness.measure import memory
+from harness.measure.dtypes import DTYPES, DType
 from harness.workloads.attention import ATTENTION, visible
 
 

@@ -1,7 +1,7 @@
 """Block backends: `eager` (PyTorch modules), `compiled` (torch.compile of the same module) and
 `kernels` (our Triton decode attention and fused MoE inside the same block).
 
-All three run harness/workloads/block.py's `forward`, so they differ only where they say so:
+All three run harness/workloads/block_model.py's `forward`, so they differ only where they say so:
 - eager: SDPA for attention (FlashAttention-2 on a GPU, with GQA by enable_gqa; causal in train,
   unmasked over the whole cache at decode) and the Hugging Face style expert loop (gather, SwiGLU,
   index_add per expert that receives tokens) for a MoE. Each routed expert is its own parameter in
@@ -39,11 +39,19 @@ import torch
 from torch import nn
 
 from harness.backends import Backend, register
-from harness.device import DeviceFacts
-from harness.dtypes import DType
-from harness.timing import capture_graph
+from harness.hardware.device import DeviceFacts
+from harness.measure.dtypes import DType
+from harness.measure.timing import capture_graph
 from harness.workloads import block
-from harness.workloads.block import Ops, is_moe
+from harness.workloads.block import is_moe
+from harness.workloads.block_model import (
+    Ops,
+    cached_attend,
+    causal_attend,
+    expert_loop,
+    forward,
+    rope_tables,
+)
 
 
 class BlockModule(nn.Module):
@@ -60,22 +68,22 @@ class BlockModule(nn.Module):
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         w = dict(self.tensors.items())
         w.update((k, list(v)) for k, v in self.experts.items())
-        return block.forward(w, x, self.p, self.ops, (self.cos, self.sin), out)
+        return forward(w, x, self.p, self.ops, (self.cos, self.sin), out)
 
 
 def _torch_ops(inputs: dict, p: dict) -> Ops:
     if p["phase"] == "train":
-        ops = Ops(block.causal_attend)
+        ops = Ops(causal_attend)
     else:
-        ops = Ops(block.cached_attend(inputs["k_cache"], inputs["v_cache"]))
+        ops = Ops(cached_attend(inputs["k_cache"], inputs["v_cache"]))
     if is_moe(p):
-        ops.experts, ops.ids = block.expert_loop(block.expert_groups(p, inputs["x"].device)), inputs["topk_ids"]
+        ops.experts, ops.ids = expert_loop(block.expert_groups(p, inputs["x"].device)), inputs["topk_ids"]
     return ops
 
 
 def _module(inputs: dict, p: dict, ops: Ops) -> BlockModule:
     x = inputs["x"]
-    return BlockModule(inputs["weights"], p, ops, block.rope_tables(p, x.device, x.dtype))
+    return BlockModule(inputs["weights"], p, ops, rope_tables(p, x.device, x.dtype))
 
 
 def _step(inputs: dict, p: dict, module: BlockModule, run):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 
 from harness.backends import Backend, register
-from harness.device import DeviceFacts, fp8_unsupported
-from harness.dtypes import DType
+from harness.hardware.device import DeviceFacts, fp8_unsupported
+from harness.measure.dtypes import DType
 
 
 def _torch_unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:

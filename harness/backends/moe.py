@@ -27,9 +27,16 @@ import torch
 import torch.nn.functional as F
 
 from harness.backends import Backend, register
-from harness.device import DeviceFacts, fp8_unsupported
-from harness.dtypes import DType
-from harness.workloads.moe import DENSE, by_expert, dense_equivalent_bytes, quantize_h, rows_flops, spans
+from harness.hardware.device import DeviceFacts, fp8_unsupported
+from harness.measure.dtypes import DType
+from harness.workloads.moe import (
+    DENSE,
+    by_expert,
+    dense_equivalent_bytes,
+    quantize_h,
+    rows_flops,
+    spans,
+)
 
 FP8_ROWS = 16  # cuBLASLt's fp8 GEMMs need each dimension 16-byte aligned: M a multiple of 16
 

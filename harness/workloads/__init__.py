@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from harness.dtypes import DType
+from harness.measure.dtypes import DType
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Workload:
     problems: tuple[str, ...] = ()
 
     def declaration(self) -> dict:
-        """What a run directory's schema records of this workload (harness/schema.py)."""
+        """What a run directory's schema records of this workload (harness/store/schema.py)."""
         return {"params": [p.name for p in self.params], "baseline": self.baseline,
                 "summary_columns": list(self.summary_columns)}
 

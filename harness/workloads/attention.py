@@ -22,7 +22,7 @@ of the cache (Sq = 1 sees every key), so the exact P is what the kernel must do;
 halving would understate the work nearly 2×. Masked-out pairs a kernel computes anyway (tile
 granularity) are not counted: they are not useful work.
 
-Presets (`model:`) fill heads / kv_heads / head_dim from harness/models.py, each citing the
+Presets (`model:`) fill heads / kv_heads / head_dim from harness/measure/models.py, each citing the
 model's config.json. DeepSeek-V3 is left out: its MLA attention (576-wide compressed latent cache
 at decode, 192-wide query-key heads with 128-wide values at prefill) is not a GQA shape, and the
 128-head GQA stand-in would be measured as if it were the model. gpt-oss alternates full layers
@@ -40,9 +40,9 @@ import math
 
 import torch
 
-from harness import models
-from harness.check import Comparison, Tolerance, tolerance
-from harness.dtypes import DType, matmul_precision
+from harness.measure import models
+from harness.measure.check import Comparison, Tolerance, tolerance
+from harness.measure.dtypes import DType, matmul_precision
 from harness.workloads import LABEL, Param, Workload
 
 MAX_DECODE_Q = 64  # query tokens of one decode step: 1, or a draft for speculative decoding
@@ -175,7 +175,7 @@ class Attention(Workload):
 
 
 def tolerance_for(p: dict, dtype: DType) -> Tolerance:
-    """harness/check.py's rule for attention, for the workload's check and the kernel tests alike.
+    """harness/measure/check.py's rule for attention, for the workload's check and the kernel tests alike.
 
     O = P·V is a softmax-weighted sum: its weights are positive and sum to 1, so it rounds like a
     GEMM whose terms are V's random-sign rows (relative to the output row's own scale, hence the

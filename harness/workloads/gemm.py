@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from harness import models
-from harness.check import Comparison, rows_from, tolerance
-from harness.dtypes import DType, matmul_precision
+from harness.measure import models
+from harness.measure.check import Comparison, rows_from, tolerance
+from harness.measure.dtypes import DType, matmul_precision
 from harness.workloads import LABEL, Param, Workload
 
 INT_SENTINEL = -(2**31)  # poison for int32 outputs; no int8 product sum reaches it for k < 2^17
@@ -94,7 +94,7 @@ class Gemm(Workload):
 
 
 def tolerance_for(p: dict, dtype: DType):
-    """harness/check.py's rule for one K-long reduction rounded once to the output dtype. The
+    """harness/measure/check.py's rule for one K-long reduction rounded once to the output dtype. The
     reference upcasts the same stored inputs, so only tf32 (which rounds fp32 inputs inside the
     kernel) carries an input-rounding term; fp32 must sit far below TF32's error, so an fp32 case
     that silently ran on TF32 tensor cores is a mismatch rather than a flattering MFU."""

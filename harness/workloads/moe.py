@@ -23,7 +23,7 @@ problem (cached), so every backend sees the same one and `mfu plan` never touche
 - zipf:<s>: k distinct experts drawn without replacement with popularity ∝ rank^-s, the ranks
   given to experts in a seeded random order (real routers favour a few experts).
 Routing weights are a seeded softmax over the k slots. `model:` presets fill experts, top_k,
-hidden and intermediate from harness/models.py (each cites its config.json); shared experts are
+hidden and intermediate from harness/measure/models.py (each cites its config.json); shared experts are
 left out. The `dense-equivalent` backend runs a different problem (one expert, T·k rows); it
 declares it (Backend.problem = DENSE, one of this workload's `problems`) and check() compares it
 with that problem's reference.
@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import torch
 
-from harness import models
-from harness.check import Comparison, Tolerance, rows_from, tolerance
-from harness.dtypes import DType, matmul_precision
+from harness.measure import models
+from harness.measure.check import Comparison, Tolerance, rows_from, tolerance
+from harness.measure.dtypes import DType, matmul_precision
 from harness.workloads import LABEL, Param, Workload
 
 DENSE = "dense-equivalent"
@@ -204,7 +204,7 @@ class Moe(Workload):
 
 
 def tolerance_for(p: dict, dtype: DType) -> Tolerance:
-    """harness/check.py's rule for this layer, for the workload's check and the kernel tests alike.
+    """harness/measure/check.py's rule for this layer, for the workload's check and the kernel tests alike.
 
     Reductions are H (gate/up) and I (down) long. Roundings to the output dtype, counted for the
     backend that rounds most (torch-loop): gate/up, SiLU, the product h, the down projection, the

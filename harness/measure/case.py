@@ -1,0 +1,151 @@
+"""One case, start to finish: skip what cannot run or fit, check, time, and turn samples into a row.
+
+Per case: a `skipped` row when the backend cannot run it or it would not fit in free memory;
+otherwise fresh inputs, one call checked against the reference (`mismatch` on failure, never
+timed), then timing under the telemetry sampler, and metrics (`suspect` only when impossible:
+above the datasheet, or shorter than a launch). Any exception becomes an `error` row; the
+caller's run goes on.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import warnings
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from harness import backends, workloads
+from harness.hardware import ceilings, specs
+from harness.hardware.device import DeviceFacts, detect
+from harness.measure import faults, memory, metrics, stats, telemetry
+from harness.measure.config import Case
+from harness.measure.dtypes import DTYPES, matmul_precision
+from harness.measure.timing import Timer, TimingSettings
+
+
+@dataclass
+class Context:
+    """What every case of a run shares."""
+
+    device: str
+    facts: DeviceFacts
+    spec: specs.PeakSpec | None
+    timer: Timer | None = None  # None when only planning
+    ceilings: dict | None = None  # ceilings.summary() of this device, when measured
+    sampler: telemetry.Sampler | None = None
+
+
+def context(device: str, timing: TimingSettings) -> Context:
+    """The shared state of a run on this device: facts, peaks, measured ceilings, timer, sampler."""
+    facts = detect(device)
+    with warnings.catch_warnings(record=True):  # callers say once, in words, that telemetry is missing
+        sampler = telemetry.sampler_for(facts)
+    timer = Timer(device, timing, facts.l2_bytes)
+    timer.flush_buffer  # allocated now, once, rather than inside the first case
+    return Context(device, facts, specs.resolve(facts), timer, ceilings.summary(ceilings.load(facts)), sampler)
+
+
+def base_row(case: Case, ctx: Context) -> dict:
+    """The columns known without running: identity, parameters, formulas, roofline shape."""
+    wl = workloads.REGISTRY[case.workload]
+    backend = backends.get(case.workload, case.backend)
+    p, dtype = case.p, DTYPES[case.dtype]
+    flops, nbytes = wl.flops(p), (backend.bytes or wl.bytes)(p, dtype)
+    return {
+        "case_id": case.case_id, "workload": case.workload, "backend": case.backend,
+        "dtype": case.dtype, **p, "status": None, "reason": None, "flops": flops, "bytes": nbytes,
+        **metrics.shape(flops, nbytes, ctx.spec, dtype.peak_key),
+        "device": ctx.facts.name, "peak_source": ctx.spec.origin if ctx.spec else None,
+        **wl.extra_columns(p, dtype),
+    }
+
+
+def run_case(case: Case, ctx: Context) -> tuple[dict, list[float]]:
+    """The case's result row, and its raw sample times (empty when it was not timed)."""
+    row = base_row(case, ctx)
+    wl = workloads.REGISTRY[case.workload]
+    backend = backends.get(case.workload, case.backend)
+    p, dtype = case.p, DTYPES[case.dtype]
+
+    reason = backend.unsupported(p, dtype, ctx.facts)
+    if reason is None:
+        reason = memory.shortfall(wl.memory_bytes(p, dtype), ctx.device)
+    if reason:
+        return {**row, "status": "skipped", "reason": reason}, []
+
+    inputs = fn = None
+    try:
+        with matmul_precision(None):  # whatever a backend sets globally ends with its case
+            gen = torch.Generator(device=ctx.device).manual_seed(zlib.crc32(case.problem_id.encode()))
+            inputs = wl.make_inputs(p, dtype, ctx.device, gen)
+            fn = backend.build(inputs, p, dtype)
+            faults.inject(case.case_id, ctx.device)  # MFU_INJECT_FAULT, for tests of the run's isolation
+            if backend.columns:
+                row.update(backend.columns(inputs, p, dtype))
+            out = fn()
+            _sync(ctx.device)
+            problem = wl.check(inputs, out, p, dtype, backend.problem)
+            if problem:
+                return {**row, "status": "mismatch", "reason": problem}, []
+            del out
+            if ctx.sampler:
+                with ctx.sampler:
+                    m = ctx.timer.measure(fn)
+                row.update(ctx.sampler.columns())
+            else:
+                m = ctx.timer.measure(fn)
+    except Exception as exc:  # any failure of one case is that case's row, never the run's end
+        return {**row, "status": "error", "reason": _one_line(exc)}, []
+    finally:
+        del inputs, fn
+        _clean_up(ctx.device)
+    return finish_row(row, m.samples_ms, case, ctx), m.samples_ms
+
+
+def finish_row(row: dict, samples_ms: list[float], case: Case, ctx: Context) -> dict:
+    """Statistics, metrics, clock columns and the sanity verdict for a row, from its samples."""
+    s = stats.summarize(samples_ms)
+    wl, dtype = workloads.REGISTRY[case.workload], DTYPES[case.dtype]
+    exps = wl.exps(case.p)
+    row = {**row, "time_ms": s.median, "time_ms_q1": s.q1, "time_ms_q3": s.q3, "samples": s.n,
+           "noise": s.rel_ci if math.isfinite(s.rel_ci) else None,
+           **({"exps": exps} if exps else {}),
+           **metrics.achieved(row["flops"], row["bytes"], s.median, ctx.spec, dtype.peak_key,
+                              ctx.ceilings, exps)}
+    row.update(metrics.clock_columns(row, ctx.spec, ctx.facts, dtype.peak_key))
+    suspect = metrics.sanity(row, ctx.spec, peak_key=dtype.peak_key, facts=ctx.facts,
+                             floor=metrics.launch_floor_ms(ctx.ceilings, ctx.device))
+    if suspect:
+        return {**row, "status": "suspect", "reason": suspect}
+    return {**row, "status": "ok", "reason": _noise_note(s, ctx.timer.settings.rel_ci)}
+
+
+def _noise_note(s: stats.Summary, rel_ci: float) -> str | None:
+    if not math.isfinite(s.rel_ci):
+        return f"only {s.n} samples within max_time_s: too few for a confidence interval"
+    if s.rel_ci > rel_ci:
+        return f"noisy: median known to ±{s.rel_ci:.1%}, above rel_ci {rel_ci:.1%}, at max_time_s"
+    return None
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _clean_up(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        try:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        except RuntimeError:
+            pass  # a broken CUDA context: the next case will report it as its own error

@@ -1,0 +1,279 @@
+"""Run a suite: every case (once per pass with --repeat), recorded as it finishes.
+
+Cases run in a supervised worker process (harness/measure/supervisor.py, `isolate`): a case that crashes
+the worker, hangs past `timing.case_timeout_s` or poisons the CUDA context is an `error` row, and
+a fresh worker runs the next one. The parent never touches the device; it keeps the run directory.
+Each row is appended to cases.jsonl and its samples to samples.jsonl the moment the case ends.
+Ctrl-C or SIGTERM stops the loop (the case in flight gets no row); what finished is still written,
+meta.json says `interrupted`, and `--resume` continues where it stopped. With `--repeat N` the
+passes are interleaved (all cases, then all again), so slow drift (clocks, temperature) shows up as
+differences between passes; the final row pools the passes' samples and reports `drift`, the
+spread of the pass medians.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from harness import workloads
+from harness.hardware import ceilings, environment
+from harness.measure import faults, supervisor
+from harness.measure.case import Context, finish_row
+from harness.measure.config import Case, Suite
+from harness.measure.dtypes import DTYPES
+from harness.measure.timing import Timer
+from harness.measure.worker import WorkerInfo, error_row
+from harness.present import report, summary, tables
+from harness.store import columns, schema
+from harness.store.results import FAILED, WORKER_LOG, RunDir
+
+EXIT_INTERRUPTED = 130
+WORST_FIRST = ("error", "mismatch", "suspect", "skipped", "ok")
+TAIL_SHOWN = 6  # lines of a failed worker's output shown on the console (the row's log_tail keeps more)
+
+
+def run(suite: Suite, device: str, out: Path, console: Console, resume: bool = False, repeat: int = 1,
+        isolate: str = "run", case_timeout_s: float | None = None, view: summary.View = summary.View()) -> int:
+    """Run the suite into `out` (continuing it when resume is set); return the exit code.
+
+    isolate: "run" (one worker, replaced after a fatal case), "case" (a fresh worker per case) or
+    "none" (in this process). case_timeout_s overrides the suite's timing.case_timeout_s."""
+    faults.check_environment()
+    if case_timeout_s is not None:
+        suite = replace(suite, timing=replace(suite.timing, case_timeout_s=case_timeout_s))
+    run_dir = RunDir(out)
+    cases = supervisor.executor(isolate, device, suite.timing, run_dir.path)
+    with _StopOnSignals() as stop:
+        try:
+            return _run(suite, device, run_dir, console, resume, repeat, isolate, cases, stop, view)
+        finally:
+            cases.close(kill=True)  # a no-op unless the run ended early
+
+
+def _run(suite: Suite, device: str, run_dir: RunDir, console: Console, resume: bool, repeat: int,
+         isolate: str, cases, stop: _StopOnSignals, view: summary.View = summary.View()) -> int:
+    meta = None
+    interrupted = False
+    try:
+        try:
+            info = cases.start()
+        except supervisor.WorkerFailed as exc:
+            console.print(f"[red]{escape(exc.reason)}[/]")
+            if exc.log_tail:
+                console.print(escape(_head(exc.log_tail)), style="dim")
+            console.print(f"(full output: {run_dir.path / WORKER_LOG})")
+            return 1
+        ctx = _parent_context(device, suite, info)
+        previous = run_dir.read_meta() if resume else {}
+        repeat = previous.get("repeat", repeat)
+        done = {(r["case_id"], r.get("pass", 0)) for r in run_dir.rows() if r["status"] != "error"} if resume else set()
+        meta = _meta(suite, ctx, info, previous, repeat, isolate)
+        run_dir.write_meta(meta)
+
+        todo = [(i, c) for i in range(repeat) for c in suite.cases if (c.case_id, i) not in done]
+        _announce(console, suite, ctx, info, run_dir.path, repeat)
+        if resume:
+            console.print(f"resuming {run_dir.path}: {len(suite.cases) * repeat - len(todo)} done, {len(todo)} to run")
+        results = cases.results(case for _, case in todo)
+        with _progress(console) as progress:
+            task = progress.add_task("", total=len(todo))
+            for pass_index, case in todo:
+                progress.update(task, description=_short(case, pass_index, repeat))
+                result = next(results)
+                row = result.row or error_row(case, ctx, result.failure)
+                if result.log_tail:
+                    row["log_tail"] = result.log_tail
+                if repeat > 1:
+                    row["pass"] = pass_index
+                if result.samples:
+                    run_dir.append_samples(row["case_id"], result.samples, row.get("pass"))
+                run_dir.append(row)
+                progress.console.print(_line(row, tables.width(console)))
+                if result.log_tail:
+                    progress.console.print(escape(_head(result.log_tail)), style="dim")
+                progress.advance(task)
+        stop.ignore_further()  # from here on, writing what finished is never cut short
+    except KeyboardInterrupt:
+        interrupted = True
+        if meta is None:
+            console.print("[yellow]interrupted before any case ran[/]")
+            return EXIT_INTERRUPTED
+        console.print("[yellow]interrupted: writing what finished[/]")
+    cases.close(kill=interrupted)
+
+    rows = _final_rows(suite, run_dir, ctx)
+    meta.update(finished=None if interrupted else environment.now(), interrupted=interrupted)
+    _finish(run_dir, suite, rows, meta)
+    summary.print_console(rows, console, view)
+    report.write(run_dir.path, console)  # never raises: a report is not worth losing a run over
+    console.print(f"results: {run_dir.path}")
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return 1 if any(r["status"] in FAILED for r in rows) else 0
+
+
+class _StopOnSignals:
+    """SIGINT and SIGTERM (what schedulers send) both stop the run as KeyboardInterrupt, once: any
+    later one is ignored, so that writing what finished is never cut short by a second Ctrl-C."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.stopping = False
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # only there can handlers be set
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
+
+    def ignore_further(self) -> None:
+        self.stopping = True
+
+
+def _parent_context(device: str, suite: Suite, info: WorkerInfo) -> Context:
+    """What the parent needs of the worker's context to build and pool rows: facts, peaks,
+    ceilings and the timing settings (a Timer that never allocates here: it never measures)."""
+    return Context(device, info.facts, info.spec, Timer(device, suite.timing, info.facts.l2_bytes), info.ceilings)
+
+
+def _head(log_tail: str) -> str:
+    """The first lines of a worker's last output, indented: where a crash report starts."""
+    lines = log_tail.splitlines()
+    more = f"\n    ... (the row's log_tail has {len(lines) - TAIL_SHOWN} more lines)" if len(lines) > TAIL_SHOWN else ""
+    return "\n".join("    " + line for line in lines[:TAIL_SHOWN]) + more
+
+
+def _announce(console: Console, suite: Suite, ctx: Context, info: WorkerInfo, out: Path, repeat: int) -> None:
+    peak = f"{ctx.spec.name} ({ctx.spec.origin})" if ctx.spec else "none, so no MFU/MBU"
+    passes = f" x {repeat} passes" if repeat > 1 else ""
+    console.print(f"{suite.name}: {len(suite.cases)} cases{passes} on {ctx.facts.name} ({ctx.device}); "
+                  f"peaks: {peak}; writing {out}")
+    if ctx.ceilings:
+        console.print(f"measured ceilings from {ctx.ceilings['measured']} ({ctx.ceilings['path']})")
+    else:
+        console.print("no measured ceilings for this device: run `mfu ceilings` once to get mfu_ceiling/mbu_ceiling")
+    if not info.telemetry:
+        console.print("telemetry: NVML cannot watch this device; clock, power and throttle columns stay empty")
+
+
+def _final_rows(suite: Suite, run_dir: RunDir, ctx: Context) -> list[dict]:
+    """One row per case in suite order; a case measured in several passes is pooled."""
+    by_case: dict[str, list[dict]] = {}
+    for row in run_dir.rows():
+        by_case.setdefault(row["case_id"], []).append(row)
+    samples = run_dir.samples()
+    cases = {c.case_id: c for c in suite.cases}
+    rows = []
+    for case_id, passes in by_case.items():
+        rows.append(passes[0] if len(passes) == 1 else _pool(passes, samples.get(case_id), cases[case_id], ctx))
+    order = {c.case_id: i for i, c in enumerate(suite.cases)}
+    # Only cold-cache runs set records: with l2_flush off, a case may read from L2 what the
+    # ceilings (measured cold) had to fetch from memory.
+    return ceilings.rerate(sorted(rows, key=lambda r: order.get(r["case_id"], len(order))), ctx, run_dir.path,
+                           raise_records=suite.timing.l2_flush)
+
+
+def _pool(passes: list[dict], samples: list[float] | None, case: Case, ctx: Context) -> dict:
+    """Several passes of one case as one row: pooled samples, the worst status, and the drift."""
+    worst = min(passes, key=lambda r: WORST_FIRST.index(r["status"]))
+    timed = [r for r in passes if r.get("time_ms") is not None]
+    if worst["status"] not in ("ok", "suspect") or not samples:
+        return {**worst, "passes": len(passes)}
+    row = finish_row({k: v for k, v in worst.items() if k != "pass"}, samples, case, ctx)
+    medians = [r["time_ms"] for r in timed]
+    row.update(passes=len(passes), drift=(max(medians) - min(medians)) / row["time_ms"],
+               **_pooled_telemetry(timed))
+    return row
+
+
+def _pooled_telemetry(rows: list[dict]) -> dict:
+    """The passes' telemetry pooled as the column registry says (the slowest SM clock, the mean
+    power, the hottest temperature, the total energy, every throttle reason seen)."""
+    return columns.pooled(rows, "telemetry")
+
+
+def _finish(run_dir: RunDir, suite: Suite, rows: list[dict], meta: dict) -> None:
+    meta["schema"] = schema_for(suite, rows)  # now with the extras the rows brought
+    run_dir.write_meta(meta)
+    run_dir.write_csv(rows, param_columns(suite))
+    (run_dir.path / "summary.md").write_text(summary.markdown(rows, meta))
+
+
+def param_columns(suite: Suite) -> list[str]:
+    names = [p.name for w in dict.fromkeys(c.workload for c in suite.cases)
+             for p in workloads.REGISTRY[w].params]
+    return list(dict.fromkeys(names))
+
+
+def schema_for(suite: Suite, rows: list[dict] = ()) -> dict:
+    """meta.json's column schema (harness/store/schema.py) for the suite's workloads and dtypes, so that
+    reading the run later needs neither torch nor the workload code."""
+    declared = {w: workloads.REGISTRY[w].declaration() for w in dict.fromkeys(c.workload for c in suite.cases)}
+    peak_keys = {d: DTYPES[d].peak_key for d in dict.fromkeys(c.dtype for c in suite.cases)}
+    return schema.build(declared, peak_keys, rows)
+
+
+def _meta(suite: Suite, ctx: Context, info: WorkerInfo, previous: dict, repeat: int, isolate: str) -> dict:
+    return {
+        "suite": suite.name, "suite_source": suite.source, "suite_text": suite.text,
+        "timing": asdict(suite.timing), "repeat": repeat, "isolate": isolate, "device_kind": ctx.device,
+        "device": ctx.facts.to_dict(), "peak": ctx.spec.to_dict() if ctx.spec else None,
+        "ceilings": ctx.ceilings, "telemetry": info.telemetry,
+        "software": environment.software(), "started": previous.get("started") or environment.now(),
+        "finished": None, "resumed": bool(previous), "schema": schema_for(suite),
+    }
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                    transient=True)
+
+
+def _short(case: Case, pass_index: int, repeat: int) -> str:
+    text = f"{case.workload} {case.backend} {case.dtype} " + " ".join(
+        f"{k}={v}" for k, v in case.params if k != "label" and v not in ("", None))
+    return text + (f" (pass {pass_index + 1}/{repeat})" if repeat > 1 else "")
+
+
+def _line(row: dict, width: int = 10_000) -> str:
+    """One finished case: status and numbers first (never cut), then the case id and any reason,
+    shortened in the middle so the line fits the terminal."""
+    status = row["status"]
+    head = f"{status:<8}"
+    if status == "ok":
+        head += f" {row['time_ms']:.4g} ms  {row['tflops']:.2f} TFLOPS  {row['gbps']:.0f} GB/s"
+        if row.get("mfu") is not None:
+            head += f"  MFU {row['mfu']:.1%}  MBU {row['mbu']:.1%}"
+    if row.get("throttled"):
+        head += f"  throttled: SM clock {row['sm_clock_mhz']:.0f} MHz"
+    room = max(width - len(head) - 2, 20)
+    tail = row["case_id"] + "".join(f"  ({row[k]})" for k in ("throttle", "reason")
+                                    if row.get(k) and (k == "reason" or row.get("throttled")))
+    text = f"{head}  {tables.shorten(tail, room)}"
+    colour = {"ok": "green", "skipped": "dim", "suspect": "magenta"}.get(status, "red")
+    return f"[{colour}]{escape(text)}[/]"
