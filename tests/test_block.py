@@ -222,6 +222,7 @@ def test_the_check_catches_a_wrong_output_and_a_wrong_gradient():
     assert "non-finite" in BLOCK.check(inputs, out, decode, DTYPES["fp32"])
 
 
+@pytest.mark.slow
 def test_compiled_runs_the_same_block():
     """torch.compile of a MoE training step (the expert loop unrolled, forward and backward)."""
     p = block(**TINY_MOE, phase="train", batch=1, seq=4)

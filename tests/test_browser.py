@@ -219,6 +219,7 @@ def has_row_for(case: dict, table: dict) -> bool:
     return any(all((spelled.get(w, {w}) & (cells | same)) for w in wanted) for cells in map(set, table["rows"]))
 
 
+@pytest.mark.slow
 def test_the_report_reads_in_a_browser_at_1280_px(browser, h200_report):
     browser.open(h200_report / "report.html")
     assert browser.console_errors() == []

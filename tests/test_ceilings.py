@@ -47,6 +47,7 @@ def final_rows(out) -> dict:
     return {r["case_id"]: r for r in read_rows(out / "results.csv")}
 
 
+@pytest.mark.slow
 def test_cpu_ceilings_measure_matmul_memory_exp_and_launch(measured):
     _, result = measured
     assert result["budget_s"] == 1.6 and result["share_s"] == pytest.approx(0.8)
@@ -68,6 +69,7 @@ def test_cpu_ceilings_measure_matmul_memory_exp_and_launch(measured):
     assert ceilings.summary(result)["launch_ms"] == result["launch"]["fastest_ms"]
 
 
+@pytest.mark.slow
 def test_checks_run_off_the_clock_on_small_shapes(monkeypatch):
     """A slow check (0.9 s a call, longer than a dtype's whole share) costs the sweep no shapes."""
     checked = []
@@ -86,6 +88,7 @@ def test_checks_run_off_the_clock_on_small_shapes(monkeypatch):
     assert len(checked) == 2 * len(sweep.CHECK_SHAPES)
 
 
+@pytest.mark.slow
 def test_the_ceiling_is_the_best_over_torch_and_our_kernels(monkeypatch):
     """Our kernel (here a stand-in backend) is timed only at the best torch shapes; the best of all wins."""
     torch_gemm = backends.get("gemm", "torch")
@@ -137,6 +140,7 @@ def test_a_failed_measurement_leaves_the_stored_ceilings_intact(measured, tmp_pa
     assert not list(store.parent.glob("*.tmp")) and not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_runs_report_utilization_against_stored_ceilings(measured, tmp_path):
     facts, result = measured
     ceilings.save(result)
@@ -154,6 +158,7 @@ def test_runs_report_utilization_against_stored_ceilings(measured, tmp_path):
     assert ceilings.load(facts) == result  # nothing beaten, nothing rewritten
 
 
+@pytest.mark.slow
 def test_a_case_beating_a_stored_ceiling_is_ok_and_raises_it(measured, tmp_path):
     facts, result = measured
     planted = json.loads(json.dumps(result))
@@ -184,6 +189,7 @@ def test_a_case_beating_a_stored_ceiling_is_ok_and_raises_it(measured, tmp_path)
     assert meta["ceilings"]["matmul_tflops"]["fp32"] == pytest.approx(stored["tflops"])
 
 
+@pytest.mark.slow
 def test_a_time_below_the_stored_launch_floor_is_suspect(measured, tmp_path):
     facts, result = measured
     planted = json.loads(json.dumps(result))
@@ -204,6 +210,7 @@ def test_ceilings_command(tmp_path):
     assert cli.main(["ceilings", "--device", "cpu", "--budget-s", "0"]) == 2
 
 
+@pytest.mark.slow
 def test_a_new_sweep_keeps_the_stored_records_it_does_not_reach_unless_fresh(measured, tmp_path):
     facts, result = measured
     record = json.loads(json.dumps(result))

@@ -58,6 +58,7 @@ def _fake(name, commands, read=lambda plan: ("read", True), share=1.0):
     return checkup.Step(name, share, lambda plan, limit: commands, read, f"fake {name}")
 
 
+@pytest.mark.slow
 def test_a_failing_step_fails_the_check(tmp_path, monkeypatch, capsys):
     broken = suite_file(tmp_path, "suite: broken\ncases:\n  - workload: gemm\n    m: 0\n", "broken")
     monkeypatch.setattr(checkup, "STEPS", [
@@ -97,6 +98,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, verdict", [("handle", "partial"), ("ignore", "timed out")])
 def test_a_step_past_its_limit_is_stopped_and_keeps_what_it_wrote(tmp_path, monkeypatch, mode, verdict):
     monkeypatch.setattr(checkup, "GRACE_S", 1.0)

@@ -12,6 +12,7 @@ from conftest import ROOT, TINY, mfu, rows, suite_file
 from harness.hardware import specs
 
 
+@pytest.mark.slow
 def test_run_writes_a_complete_run_directory(tiny, tmp_path):
     out = tmp_path / "run"
     r = mfu("run", tiny, "--out", out)
@@ -30,6 +31,7 @@ def test_default_run_on_a_machine_without_gpu_says_so_and_runs_the_cpu_suite(tmp
     assert statuses == {"ok", "skipped"}
 
 
+@pytest.mark.slow
 def test_config_error_is_one_line_with_exit_code_2(tmp_path):
     bad = suite_file(tmp_path, "cases:\n  - workload: gemm\n    m: 8\n    n: 8\n    k: 8\n  - workload: gemm\n    heads: 3\n",
                      "bad")
@@ -49,6 +51,7 @@ def test_config_error_is_one_line_with_exit_code_2(tmp_path):
     (b"timing: {max_time_s: .nan}\ncases: [{workload: gemm, m: 1, n: 1, k: 1}]\n",
      "timing.max_time_s: must be a finite number (got nan)"),
 ])
+@pytest.mark.slow
 def test_suite_input_that_would_run_wrong_or_hang_is_refused(content, message, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(content)
@@ -64,11 +67,13 @@ def test_suite_input_that_would_run_wrong_or_hang_is_refused(content, message, t
     (["run", "--resume", "nowhere"], "nowhere: no such run directory"),
     (["compare", "nowhere"], "nowhere: no such run directory"),  # raised in a command module
 ])
+@pytest.mark.slow
 def test_usage_errors_exit_2_without_traceback(args, message, tmp_path):
     r = mfu(*args, cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_failed_cases_give_exit_code_1_after_all_rows_are_written(tiny, tmp_path, monkeypatch):
     from harness import backends, cli
     from harness.backends import Backend
@@ -85,6 +90,7 @@ def test_failed_cases_give_exit_code_1_after_all_rows_are_written(tiny, tmp_path
     assert statuses.count("error") == 4 and statuses.count("ok") == 4
 
 
+@pytest.mark.slow
 def test_plan_predicts_without_running(tmp_path):
     out = tmp_path / "plan"
     r = mfu("plan", ROOT / "configs" / "gemm-square.yaml", "--gpu", "h100-sxm", "--out", out)
@@ -98,6 +104,7 @@ def test_plan_predicts_without_running(tmp_path):
     assert "timing budget" in r.stdout
 
 
+@pytest.mark.slow
 def test_gpus_lists_the_table_and_detect_explains(tmp_path):
     r = mfu("gpus")
     assert r.returncode == 0
@@ -131,6 +138,7 @@ def test_ctrl_c_writes_what_finished_and_exits_non_zero(tmp_path):
     assert len(rows(out / "results.csv")) == 6
 
 
+@pytest.mark.slow
 def test_only_narrows_the_suite_by_case_id(tiny, tmp_path):
     out = tmp_path / "run"
     r = mfu("run", tiny, "--out", out, "--only", r"bf16:m=64")

@@ -58,6 +58,7 @@ def old_runs(tmp_path):
     ["export", "{full}", "--out", "{tmp}/x.json"],
     ["claims", "--from", "{partial}"],
 ])
+@pytest.mark.slow
 def test_readers_never_import_torch_or_the_workload_code(command, old_runs, tmp_path):
     full, partial = old_runs
     places = {"full": full, "partial": partial, "dir": full.parent, "tmp": tmp_path}

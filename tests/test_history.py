@@ -65,6 +65,7 @@ def test_cli_prints_tables_and_writes_the_plot(six_runs, tmp_path, capsys):
     assert plot.read_bytes()[:4] == b"\x89PNG" and "TFLOPS relative to the case" in plot.with_suffix(".svg").read_text()
 
 
+@pytest.mark.slow
 def test_csv_and_json_carry_every_point_and_the_steps(six_runs, tmp_path, capsys):
     plot = tmp_path / "h.png"
     assert mfu("history", *six_runs, "--format", "csv", "--plot", plot) == 0
@@ -81,6 +82,7 @@ def test_a_directory_without_runs_is_a_usage_error(tmp_path, capsys):
     assert "no run directories (with a cases.jsonl) under it" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_each_gpu_model_has_its_own_history_and_plot(tmp_path, capsys):
     b200 = {"kind": "cuda", "name": "NVIDIA B200", "uuid": "GPU-bbbb"}
     for i in range(3):

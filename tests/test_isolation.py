@@ -31,6 +31,7 @@ def worker_pids(out: Path) -> list[int]:
     return [int(pid) for pid in re.findall(r"^worker (\d+) ready", (out / "worker.log").read_text(), re.M)]
 
 
+@pytest.mark.slow
 def test_each_fault_is_an_error_row_and_a_fresh_worker_runs_the_next_case(six, tmp_path):
     out = tmp_path / "run"
     faults_env = r"m=2\b=abort;m=3\b=hang;m=4\b=raise,m=5\b=cuda"
@@ -66,6 +67,7 @@ def test_a_real_device_side_assert_loses_the_context_and_a_fresh_worker_goes_on(
     assert len(worker_pids(out)) == 2
 
 
+@pytest.mark.slow
 def test_isolate_case_starts_a_fresh_worker_for_every_case(six, tmp_path):
     out = tmp_path / "run"
     r = mfu("run", six, "--out", out, "--isolate", "case", "--only", r"m=[12]\b")
@@ -75,6 +77,7 @@ def test_isolate_case_starts_a_fresh_worker_for_every_case(six, tmp_path):
     assert json.loads((out / "meta.json").read_text())["isolate"] == "case"
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_writes_what_finished(tmp_path):
     six = suite_file(tmp_path, SIX, "six")
     out = tmp_path / "run"

@@ -160,6 +160,7 @@ def skips_token_0(inputs, p, dtype):
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(DEVICE == "cuda", reason="checks the CPU statuses (Triton under the interpreter)")
 def test_a_tiny_moe_suite_runs_end_to_end(tmp_path, monkeypatch):
     wrong = Backend("moe", "wrong", "test double", lambda p, d, dev: None, skips_token_0)

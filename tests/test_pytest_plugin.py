@@ -40,6 +40,7 @@ def pytest_run(tmp_path, *args) -> subprocess.CompletedProcess:
                           env={**os.environ, "TRITON_INTERPRET": "0"})  # Triton is skipped on a CPU
 
 
+@pytest.mark.slow
 def test_suite_cases_run_as_pytest_benchmark_tests_with_the_harness_timing(tmp_path):
     r = pytest_run(tmp_path, "bench_mfu.py", "--mfu-suite", "tiny.yaml", "--benchmark-json", "out.json")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -57,6 +58,7 @@ def test_suite_cases_run_as_pytest_benchmark_tests_with_the_harness_timing(tmp_p
     assert len(run.samples[CASE]) == bench["stats"]["rounds"] and run.device_name == mine["device"]["name"]
 
 
+@pytest.mark.slow
 def test_a_broken_suite_is_a_usage_error(tmp_path):
     r = pytest_run(tmp_path, "bench_mfu.py", "--mfu-suite", "missing.yaml")
     assert r.returncode == 4

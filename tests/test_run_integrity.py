@@ -53,6 +53,7 @@ def run(finished, tmp_path) -> Path:
 # ------------------------------------------------------------------------------ existing output
 
 
+@pytest.mark.slow
 def test_run_into_a_directory_holding_a_run_is_refused_and_changes_nothing(run, tiny):
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != LOCK_NAME}
     message = one_line_error(mfu("run", tiny, "--out", run))
@@ -61,6 +62,7 @@ def test_run_into_a_directory_holding_a_run_is_refused_and_changes_nothing(run, 
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != LOCK_NAME} == before
 
 
+@pytest.mark.slow
 def test_run_into_a_directory_with_other_files_is_refused(tiny, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
@@ -71,6 +73,7 @@ def test_run_into_a_directory_with_other_files_is_refused(tiny, tmp_path):
     assert [p.name for p in out.iterdir() if p.name != LOCK_NAME] == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_force_starts_over_deleting_only_the_previous_runs_files(run, tiny):
     (run / "notes.txt").write_text("keep me")
     (run / "cases.jsonl").write_text((run / "cases.jsonl").read_text() + '{"case_id": "old:case", "status": "ok"}\n')
@@ -84,10 +87,12 @@ def test_force_starts_over_deleting_only_the_previous_runs_files(run, tiny):
     assert len(rows(run / "results.csv")) == 4
 
 
+@pytest.mark.slow
 def test_force_and_resume_together_are_refused(run):
     assert "give one of them" in one_line_error(mfu("run", "--resume", run, "--force"))
 
 
+@pytest.mark.slow
 def test_plan_out_never_replaces_a_runs_results(run, tiny):
     before = (run / "results.csv").read_bytes()
     assert "holds a run: plan --out would replace its results.csv" in one_line_error(mfu("plan", tiny, "--out", run))
@@ -97,6 +102,7 @@ def test_plan_out_never_replaces_a_runs_results(run, tiny):
 # ------------------------------------------------------------------------------ one run at a time
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_directory_is_refused_and_a_crash_releases_the_lock(tmp_path):
     slow = suite_file(tmp_path, SLOW, "slow")
     out = tmp_path / "run"
@@ -135,6 +141,7 @@ def test_a_second_run_on_the_same_directory_is_refused_and_a_crash_releases_the_
 # ------------------------------------------------------------------------------ resume
 
 
+@pytest.mark.slow
 def test_resume_of_another_suite_is_refused_and_says_what_differs(run, tmp_path):
     other = suite_file(tmp_path, TINY.replace("max_time_s: 0.05", "max_time_s: 0.1").replace("[fp32, bf16]", "[fp32, fp16]"),
                        "other")
@@ -146,6 +153,7 @@ def test_resume_of_another_suite_is_refused_and_says_what_differs(run, tmp_path)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != LOCK_NAME} == before
 
 
+@pytest.mark.slow
 def test_resume_with_the_same_suite_rewritten_is_accepted(run, tmp_path):
     same = suite_file(tmp_path, "# the same cases and timing, written differently\n"
                       + TINY.replace("suite: tiny", "suite: renamed").replace("dtype: [fp32, bf16]", "dtype: [bf16, fp32]"),
@@ -155,6 +163,7 @@ def test_resume_with_the_same_suite_rewritten_is_accepted(run, tmp_path):
     assert "4 done, 0 to run" in r.stdout and len(rows(run / "results.csv")) == 4
 
 
+@pytest.mark.slow
 def test_resume_after_a_line_cut_short_recovers_every_row(run):
     full = rows(run / "results.csv")
     cases = run / "cases.jsonl"
@@ -171,6 +180,7 @@ def test_resume_after_a_line_cut_short_recovers_every_row(run):
     assert [x["case_id"] for x in rows(run / "results.csv")] == [x["case_id"] for x in full]
 
 
+@pytest.mark.slow
 def test_a_broken_line_before_the_last_is_corruption_and_is_kept(run):
     cases = run / "cases.jsonl"
     lines = cases.read_text().splitlines(keepends=True)
@@ -183,6 +193,7 @@ def test_a_broken_line_before_the_last_is_corruption_and_is_kept(run):
     assert cases.read_bytes() == before and not (run / "cases.jsonl.corrupt").exists()
 
 
+@pytest.mark.slow
 def test_resume_on_another_device_kind_is_refused(run):
     assert "was run on cpu: resume it without --device cuda" in one_line_error(
         mfu("run", "--resume", run, "--device", "cuda"))
@@ -200,6 +211,7 @@ def test_resume_on_another_device_kind_is_refused(run):
     ["history", "{run}", "--format", "csv", "--plot", "{blocked}/x/history.png"],
     ["ceilings", "--device", "cpu", "--out", "{blocked}/x/ceilings.json"],
 ])
+@pytest.mark.slow
 def test_an_output_that_cannot_be_written_is_one_line_naming_the_path(command, run, tiny, tmp_path):
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where a directory should be")
@@ -211,11 +223,13 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_the_path(command, r
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 @pytest.mark.parametrize("command", [["export", "{run}", "--out", "/dev/full"],
                                      ["compare", "{run}", "--format", "json", "--out", "/dev/full"]])
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_naming_the_file(command, run):
     message = one_line_error(mfu(*[a.format(run=run) for a in command]))
     assert message == "mfu: /dev/full: No space left on device"
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_mid_run_keeps_the_finished_cases_and_says_how_to_continue(tiny, tmp_path, monkeypatch, capsys):
     appended = []
     real_append = RunDir.append
@@ -251,6 +265,7 @@ COMPARE, HISTORY, REPORT = ["compare", "--format", "csv"], ["history", "--format
     (lambda p: p.write_bytes(b"\xff\xfe\x00garbage"), "results.csv: unreadable", REPORT),
     (lambda p: p.write_text("a,b\n1,2\n"), "results.csv: no case_id and status columns", COMPARE),
 ])
+@pytest.mark.slow
 def test_a_damaged_results_csv_is_rebuilt_from_cases_jsonl(damage, warning, command, run, tmp_path):
     damage(run / "results.csv")
     name, *options = command
@@ -270,6 +285,7 @@ def test_a_stale_results_csv_gives_way_to_the_cases_it_lacks(run):
     assert len(runs.load(run).rows) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["compare"], ["report"], ["history"], ["export"]])
 def test_a_run_with_nothing_readable_is_one_line_naming_the_file(command, run):
     (run / "results.csv").write_text("case_id,status\ngemm:x")
@@ -279,12 +295,14 @@ def test_a_run_with_nothing_readable_is_one_line_naming_the_file(command, run):
                        f"and cases.jsonl has no rows to rebuild it from")
 
 
+@pytest.mark.slow
 def test_a_run_that_finished_no_case_is_refused_rather_than_an_empty_table(run):
     (run / "results.csv").write_text("case_id,status\n")
     (run / "cases.jsonl").write_text("")
     assert one_line_error(mfu("compare", run)) == f"mfu: {run}: no finished cases (cases.jsonl holds no rows)"
 
 
+@pytest.mark.slow
 def test_a_damaged_meta_json_is_one_line(run):
     (run / "meta.json").write_text('{"suite": "tiny", ')
     assert one_line_error(mfu("compare", run)).startswith(f"mfu: {run}/meta.json: not valid JSON")

@@ -65,6 +65,7 @@ def explode(inputs, p, dtype):
     raise RuntimeError("kernel launch failed\nsecond line of detail")
 
 
+@pytest.mark.slow
 def test_every_status_and_one_failure_never_loses_the_others(tmp_path, extra_backends):
     extra_backends(fake("wrong", zeros), fake("broken", explode))
     s = suite("[broken, wrong, torch]", "[fp32, tf32]")
@@ -84,6 +85,7 @@ def test_every_status_and_one_failure_never_loses_the_others(tmp_path, extra_bac
         assert (r["time_ms"] != "") == (r["status"] == "ok")
 
 
+@pytest.mark.slow
 def test_results_follow_the_contract(tmp_path):
     assert run(suite(), tmp_path, isolate="run") == 0  # rows, samples and facts cross from the worker
     with open(tmp_path / "results.csv") as f:
@@ -159,6 +161,7 @@ def test_global_math_precision_is_restored_after_each_case(tmp_path, extra_backe
     assert torch.get_float32_matmul_precision() == before
 
 
+@pytest.mark.slow
 def test_interrupt_keeps_what_finished_and_resume_runs_the_rest(tmp_path, extra_backends):
     calls = []
 
@@ -183,6 +186,7 @@ def test_interrupt_keeps_what_finished_and_resume_runs_the_rest(tmp_path, extra_
     assert json.loads((tmp_path / "meta.json").read_text())["started"] == meta["started"]
 
 
+@pytest.mark.slow
 def test_resume_retries_error_rows(tmp_path, extra_backends):
     state = {"fail": True}
 
@@ -199,6 +203,7 @@ def test_resume_retries_error_rows(tmp_path, extra_backends):
     assert {r["status"] for r in read_csv(tmp_path)} == {"ok"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="uses the Triton interpreter, which conftest turns on only without CUDA")
 def test_our_triton_kernel_runs_through_the_harness(tmp_path):
     # conftest.py turned on TRITON_INTERPRET before kernels/ was imported: tiny shapes, CPU.
@@ -211,6 +216,7 @@ def test_our_triton_kernel_runs_through_the_harness(tmp_path):
     assert "interpreter" in by[("triton", "bf16", "32")]["reason"]
 
 
+@pytest.mark.slow
 def test_repeat_interleaves_passes_and_pools_them(tmp_path, extra_backends):
     order = []
 
@@ -235,6 +241,7 @@ def test_repeat_interleaves_passes_and_pools_them(tmp_path, extra_backends):
     assert json.loads((tmp_path / "meta.json").read_text())["repeat"] == 3
 
 
+@pytest.mark.slow
 def test_resume_of_a_repeated_run_finishes_the_missing_passes(tmp_path, extra_backends):
     calls = []
 
@@ -252,6 +259,7 @@ def test_resume_of_a_repeated_run_finishes_the_missing_passes(tmp_path, extra_ba
     assert {r["passes"] for r in read_csv(tmp_path)} == {"2"}
 
 
+@pytest.mark.slow
 def test_passes_measured_in_a_worker_are_pooled_in_the_parent(tmp_path):
     assert run(suite(), tmp_path, isolate="run", repeat=2) == 0
     rows = read_csv(tmp_path)

@@ -20,6 +20,7 @@ def _ptxas_missing() -> bool:
     return not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_ptxas_missing(), reason="Triton's NVIDIA backend (ptxas, cuobjdump) is not installed")
 def test_fixed_tma_gemm_compiles_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -75,6 +75,7 @@ def cpu_run(tmp_path_factory) -> runs.Run:
     return runs.load(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("form", ["side", "long"])
 def test_every_table_of_the_default_cpu_run_fits(cpu_run, width, form):
