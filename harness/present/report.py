@@ -27,7 +27,7 @@ from rich.markup import escape
 from harness.errors import UsageError
 from harness.present import compare, roofline, summary, tables
 from harness.present.tables import Table
-from harness.store import runs
+from harness.store import ids, runs
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 p,li{max-width:70em}table{border-collapse:collapse;margin:.5em 0 .5em;font-size:12px}
@@ -146,5 +146,5 @@ def _constant_columns_as_note(t: Table, keys: set[str]) -> Table:
 
 def _reason(row: dict) -> str:
     """A case's note under its table: 'm=4096, n=4096, k=4096 tf32 torch: suspect: 106% of ...'."""
-    problem = row["case_id"].split(":", 2)[2].rsplit(":", 1)[0].replace(",", ", ")
+    problem = ids.params(row).replace(",", ", ")
     return f"{problem} {row['dtype']} {row['backend']}: {row['status']}: {row['reason']}"

@@ -24,6 +24,7 @@ import math
 import re
 from pathlib import Path
 
+from harness.store import ids
 from harness.store.schema import Schema
 
 MARKERS = "osD^vP*Xh<>"
@@ -88,7 +89,7 @@ def _digits(value: float) -> str:
 
 def hover_text(row: dict) -> str:
     """What a point says on hover: the case's problem, backend and dtype, and its numbers."""
-    problem = row["case_id"].split(":", 2)[2].rsplit(":", 1)[0]  # workload:dtype:PROBLEM:backend
+    problem = ids.params(row)
     mfu, mbu = (("n/a" if row.get(k) is None else f"{row[k]:.1%}") for k in ("mfu", "mbu"))
     gbps = "n/a" if row.get("gbps") is None else f"{_digits(row['gbps'])} GB/s"
     return (f"{row['workload']} {problem.replace(',', ', ')}\n{row['backend']}, {row['dtype']}\n"

@@ -27,5 +27,10 @@ def problem(row: dict) -> str:
     return cid[: -len(backend) - 1] if backend and cid.endswith(":" + backend) else cid
 
 
+def params(row: dict) -> str:
+    """The parameter part of a row's problem id: `m=8,n=8,k=8`."""
+    return problem(row).split(":", 2)[-1]
+
+
 def _text(v) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
