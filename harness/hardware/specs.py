@@ -61,7 +61,7 @@ ARCH_RATES: dict[tuple[int, int], tuple[str, dict[str, int]]] = {
 }
 
 _REQUIRED = ("name", "key", "match", "arch", "peaks_tflops", "bandwidth_tbs", "memory_gb", "source")
-_OPTIONAL = ("sms", "boost_mhz", "l2_mb", "notes")
+_OPTIONAL = ("sms", "boost_mhz", "l2_mb", "notes", "nvlink_gbs", "network_gbs", "links_source")
 _BANDWIDTH_RANGE_TBS = (0.05, 50.0)  # catches GB/s or B/s written where TB/s is meant
 
 
@@ -80,6 +80,11 @@ class PeakSpec:
     reason: str  # how this spec was chosen or derived
     arch: str = ""
     notes: str = ""
+    # Interconnect, per GPU and per direction in GB/s (1e9 B/s): the denominators of `link_util`,
+    # comparable to nccl-tests' bus bandwidth (harness/workloads/comm.py). None where unknown.
+    nvlink_gbs: float | None = None  # inside a node (NVLink / NVSwitch)
+    network_gbs: float | None = None  # across nodes: the typical NIC per GPU
+    links_source: str = ""
 
     def peak_flops(self, dtype_key: str) -> float | None:
         """Dense peak in FLOP/s (ops/s for int8) for a dtype key, or None where there is none."""
@@ -177,6 +182,9 @@ def _parse_entry(i: int, item: object) -> _Entry:
         reason="",
         arch=item["arch"],
         notes=item.get("notes", ""),
+        nvlink_gbs=_optional_positive(item.get("nvlink_gbs"), fail, "nvlink_gbs"),
+        network_gbs=_optional_positive(item.get("network_gbs"), fail, "network_gbs"),
+        links_source=item.get("links_source", ""),
     )
     return _Entry(spec, _patterns(item["match"], fail))
 

@@ -19,6 +19,7 @@ import torch
 
 from harness import backends, workloads
 from harness.hardware import ceilings, specs
+from harness.distributed.launch import SOLO, World
 from harness.hardware.device import DeviceFacts, detect
 from harness.measure import faults, memory, metrics, stats, telemetry
 from harness.measure.config import Case
@@ -36,6 +37,7 @@ class Context:
     timer: Timer | None = None  # None when only planning
     ceilings: dict | None = None  # ceilings.summary() of this device, when measured
     sampler: telemetry.Sampler | None = None
+    world: World = SOLO  # the ranks a collective case runs over (harness/distributed)
 
 
 def context(device: str, timing: TimingSettings) -> Context:
@@ -54,10 +56,11 @@ def base_row(case: Case, ctx: Context) -> dict:
     backend = backends.get(case.workload, case.backend)
     p, dtype = case.p, DTYPES[case.dtype]
     flops, nbytes = wl.flops(p), (backend.bytes or wl.bytes)(p, dtype)
+    spec = None if wl.collective else ctx.spec  # a collective's rates are over links, not peaks
     return {
         "case_id": case.case_id, "workload": case.workload, "backend": case.backend,
         "dtype": case.dtype, **p, "status": None, "reason": None, "flops": flops, "bytes": nbytes,
-        **metrics.shape(flops, nbytes, ctx.spec, dtype.peak_key),
+        **metrics.shape(flops, nbytes, spec, dtype.peak_key),
         "device": ctx.facts.name, "peak_source": ctx.spec.origin if ctx.spec else None,
         **wl.extra_columns(p, dtype),
     }
@@ -110,11 +113,13 @@ def finish_row(row: dict, samples_ms: list[float], case: Case, ctx: Context) -> 
     s = stats.summarize(samples_ms)
     wl, dtype = workloads.REGISTRY[case.workload], DTYPES[case.dtype]
     exps = wl.exps(case.p)
+    spec = None if wl.collective else ctx.spec  # a collective's rates are over links, not peaks
     row = {**row, "time_ms": s.median, "time_ms_q1": s.q1, "time_ms_q3": s.q3, "samples": s.n,
            "noise": s.rel_ci if math.isfinite(s.rel_ci) else None,
            **({"exps": exps} if exps else {}),
-           **metrics.achieved(row["flops"], row["bytes"], s.median, ctx.spec, dtype.peak_key,
-                              ctx.ceilings, exps)}
+           **metrics.achieved(row["flops"], row["bytes"], s.median, spec, dtype.peak_key,
+                              None if wl.collective else ctx.ceilings, exps),
+           **(wl.link_columns(case.p, dtype, s.median, ctx.world, ctx.spec) if wl.collective else {})}
     row.update(metrics.clock_columns(row, ctx.spec, ctx.facts, dtype.peak_key))
     suspect = metrics.sanity(row, ctx.spec, peak_key=dtype.peak_key, facts=ctx.facts,
                              floor=metrics.launch_floor_ms(ctx.ceilings, ctx.device))

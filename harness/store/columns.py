@@ -8,8 +8,8 @@ same shape. A column this registry does not know (a workload's extra) is rendere
 
 kind:     identity (which case) | param (the problem) | status | formula (known before timing) |
           timing (from the samples) | metric (derived from the median time) | ceiling (against a
-          measured ceiling) | clock | telemetry (NVML while timed) | note | extra (a workload's or
-          backend's own column, unknown here)
+          measured ceiling) | clock | telemetry (NVML while timed) | note | placement (the rank and
+          host a row ran on) | extra (a workload's or backend's own column, unknown here)
 type:     float | int | bool | str, how a reader types the column (harness/store/frames.py); None: infer it
 pools:    how rows of several passes (or ranks) of one case combine: "samples" (recomputed from the
           pooled raw samples), "same" (equal in every pass), "min", "max", "mean", "sum", "union"
@@ -105,6 +105,18 @@ COLUMNS: tuple[Column, ...] = (
     _C("exps", "formula", None, "{:.4g}", "exps", "same", 9, "softmax exponentials per call"),
     _C("new_best", "note", None, "{}", "new best", "first", 6, "a ceiling this row raised", type="str"),
     _C("log_tail", "note", None, "{}", "log", "first", 9, "a failed worker's last output lines", type="str"),
+    # where a row ran: every row has them; a distributed run has one row per rank for a single-GPU
+    # case, and one row (its slowest rank's) for a collective (harness/distributed)
+    _C("rank", "placement", None, "{}", "rank", "first", 3, "the rank (GPU) the row was measured on", type="int"),
+    _C("local_rank", "placement", None, "{}", "local rank", "first", 6, "the GPU's index on its host", type="int"),
+    _C("host", "placement", None, "{}", "host", "same", 6, type="str"),
+    _C("world_size", "placement", None, "{}", "ranks", "same", 7, "ranks that ran the case at once", type="int"),
+    # a collective's rates over the interconnect (harness/workloads/comm.py), as nccl-tests defines them
+    _C("algbw_gbps", "metric", "GB/s", "{:.4g}", "algbw GB/s", "samples", 0, "bytes / time"),
+    _C("busbw_gbps", "metric", "GB/s", "{:.4g}", "busbw GB/s", "samples", 0,
+       "algbw x the op's nccl-tests factor: comparable to the link's bandwidth"),
+    _C("link_util", "metric", "fraction", "{:.1%}", "link util", "samples", 0,
+       "busbw over the GPU's NVLink (in a node) or network (across nodes) bandwidth per direction"),
 )
 IDENTITY = tuple(c.name for c in COLUMNS if c.kind == "identity")  # parameters follow these in results.csv
 

@@ -57,6 +57,10 @@ class Workload:
     # Other problems than the workload's own that a backend may compute (its Backend.problem) and
     # check() knows the reference of; () for most workloads.
     problems: tuple[str, ...] = ()
+    # A collective (workloads/comm.py): every rank takes part in one operation, so a distributed run
+    # records one row for it, timed by its slowest rank; its rates are over the interconnect
+    # (link_columns), and FLOP and memory peaks do not apply (mfu, mbu and the roofline stay empty).
+    collective: bool = False
 
     def declaration(self) -> dict:
         """What a run directory's schema records of this workload (harness/store/schema.py)."""
@@ -79,6 +83,11 @@ class Workload:
 
     def extra_columns(self, p: dict, dtype: DType) -> dict:
         """Workload-specific result columns (e.g. flops_executed)."""
+        return {}
+
+    def link_columns(self, p: dict, dtype: DType, time_ms: float, world, spec) -> dict:
+        """A collective's rates from its median time on a World (harness/distributed/launch.py) and
+        the device's PeakSpec (its link bandwidths): algbw_gbps, busbw_gbps, link_util."""
         return {}
 
     def exps(self, p: dict) -> int | None:
