@@ -118,9 +118,10 @@ def test_a_second_stop_signal_while_writing_is_ignored():
 
 def test_inject_fault_values_are_parsed_and_malformed_ones_are_usage_errors(six, tmp_path, monkeypatch, capsys):
     assert faults.parse(None) == [] and faults.parse("") == []
-    pairs = faults.parse(r"bf16:m=64=abort; k=8\b=cuda,torch$=hang")
-    assert [(p.pattern, kind) for p, kind in pairs] == [("bf16:m=64", "abort"), (r"k=8\b", "cuda"), ("torch$", "hang")]
-    for bad in ("fp16", "fp16=explode", "=abort", "(=raise"):
+    pairs = faults.parse(r"bf16:m=64=abort; k=8\b=cuda,torch$=hang@1")
+    assert [(p.pattern, kind, rank) for p, kind, rank in pairs] == [
+        ("bf16:m=64", "abort", None), (r"k=8\b", "cuda", None), ("torch$", "hang", 1)]
+    for bad in ("fp16", "fp16=explode", "=abort", "(=raise", "m=2=raise@", "m=2=raise@one"):
         with pytest.raises(UsageError, match="MFU_INJECT_FAULT"):
             faults.parse(bad)
     monkeypatch.setenv(faults.VARIABLE, "m=2=explode")

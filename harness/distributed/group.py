@@ -1,16 +1,35 @@
-"""The data plane: the torch.distributed process group that a worker's cases run their collectives on.
+"""The data plane: the process group a worker's cases run on, and how its ranks agree.
 
-Inside the process that runs cases, torch.distributed's default group is the run's group: in a
-distributed run the worker joins it before its first case (NCCL on CUDA, gloo on CPU, one rank per
-GPU); in a single-process run `ensure()` makes a group of one on first use, so a collective
-workload runs there too (NCCL with world size 1 measures no interconnect, and says so).
+Inside the process that runs cases, torch.distributed's default group is the run's group. In a
+distributed run the worker `join`s it before its first case: NCCL on CUDA, gloo on CPU, one rank per
+GPU, through the rendezvous store torchrun set up (MASTER_ADDR:MASTER_PORT), under a prefix of its
+own per worker generation: when any rank's worker has to be replaced, every rank starts a fresh one
+and they form a new group. In a single-process run `ensure()` makes a group of one on first use,
+so a collective workload runs there too (with world size 1 it measures no interconnect).
+
+`Ranks` is how the ranks of a case agree, through the store (host side, so a rank that died or hung
+is named instead of hanging the others in a device collective):
+- `exchange`: every rank posts a value and reads everyone's, e.g. its verdict before timing;
+- `agree_*`: the same warm-up count, batch sizes and stop for all ranks (a collective must be
+  called the same number of times everywhere);
+- `align`: a device-side barrier (an all_reduce of one element, in stream order) before each
+  timed sample of a collective, so every rank's events bracket the same operation.
+A rank missing past the case's deadline raises `RanksMissing` naming it; the group is unusable
+after that (`broken`), and the worker is replaced.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import timedelta
+
+import torch
 import torch.distributed as dist
 
-from harness.distributed.launch import SOLO, World
+from harness.distributed.launch import SOLO, Launch, World
+
+STORE_PREFIX = "mfu"
 
 
 def backend_for(device: str) -> str:
@@ -23,11 +42,102 @@ def ensure(device: str) -> None:
         dist.init_process_group(backend_for(device), store=dist.HashStore(), rank=0, world_size=1)
 
 
-def world() -> World:
-    """The group this process's cases run on (SOLO before any group exists)."""
-    if not dist.is_initialized():
-        return SOLO
-    return _world
+NOT_TIMED = "not timed: rank"  # how a ready rank's row begins when another rank was not ready
 
 
-_world = SOLO  # set by join() in a distributed run
+def blames_another_rank(reason: str | None) -> bool:
+    """Whether a row failed because of another rank (so that rank's own row says why)."""
+    return bool(reason) and (reason.startswith(NOT_TIMED) or reason.startswith(RanksMissing.__name__))
+
+
+class RanksMissing(RuntimeError):
+    """Some ranks did not reach an exchange before the case's deadline."""
+
+    def __init__(self, what: str, missing: list[int], waited_s: float):
+        names = ", ".join(map(str, missing))
+        super().__init__(f"rank{'s' if len(missing) > 1 else ''} {names} did not reach {what} within "
+                         f"{waited_s:.0f} s (died, hung, or still busy); the group is rebuilt for the next case")
+        self.missing = missing
+
+
+class Ranks:
+    """The ranks of the run as one worker sees them (see the module docstring)."""
+
+    def __init__(self, store, rank: int, world: World, device: str):
+        self.store, self.rank, self.world, self.device = store, rank, world, device
+        self.deadline = float("inf")  # of the current case (monotonic seconds)
+        self.broken: str | None = None
+        self._case = self._step = 0
+        self._token = None
+
+    @property
+    def size(self) -> int:
+        return self.world.size
+
+    def start_case(self, limit_s: float) -> None:
+        """A new case: fresh keys, and exchanges wait at most until limit_s from now."""
+        self._case += 1
+        self._step = 0
+        self.deadline = time.monotonic() + limit_s
+
+    def exchange(self, what: str, value) -> list:
+        """Every rank's value (JSON-able), in rank order; RanksMissing past the deadline."""
+        if self.size == 1:
+            return [value]
+        self._step += 1
+        prefix = f"case{self._case}/{self._step}/"
+        keys = [f"{prefix}{r}" for r in range(self.size)]
+        self.store.set(keys[self.rank], json.dumps(value))
+        started = time.monotonic()
+        try:
+            self.store.wait(keys, timedelta(seconds=max(0.001, self.deadline - started)))
+        except Exception as exc:  # DistStoreError (a timeout) or a store that went away
+            missing = [r for r, key in enumerate(keys) if not _has(self.store, key)]
+            if not missing:
+                raise
+            self.broken = f"{what}: ranks {missing} missing"
+            raise RanksMissing(what, missing, time.monotonic() - started) from exc
+        return [json.loads(v) for v in self.store.multi_get(keys)]
+
+    def agree_max(self, what: str, value: float) -> float:
+        return max(self.exchange(what, value))
+
+    def agree_min(self, what: str, value: float) -> float:
+        return min(self.exchange(what, value))
+
+    def align(self) -> None:
+        """A barrier in stream order: no rank's next sample starts before every rank got here."""
+        if self.size == 1:
+            return
+        if self._token is None:
+            self._token = torch.zeros(1, device=self.device)
+        dist.all_reduce(self._token)
+
+
+ALONE = Ranks(None, 0, SOLO, "cpu")  # a single-process run: every exchange returns the own value
+
+
+def _has(store, key: str) -> bool:
+    try:
+        return store.check([key])
+    except Exception:
+        return False
+
+
+def join(launch: Launch, generation: int, device: str, timeout_s: float) -> Ranks:
+    """Join the run's group as this launch's rank (the worker's generation-th group), pinned to its
+    local GPU; the Ranks object agrees through the same store."""
+    if device == "cuda":
+        torch.cuda.set_device(launch.local_rank)
+    timeout = timedelta(seconds=timeout_s)
+    client = dist.TCPStore(launch.master_addr, launch.master_port, is_master=False, timeout=timeout)
+    store = dist.PrefixStore(f"{STORE_PREFIX}/{generation}/", client)
+    extra = {"device_id": torch.device("cuda", launch.local_rank)} if device == "cuda" else {}
+    dist.init_process_group(backend_for(device), store=dist.PrefixStore("pg/", store), rank=launch.rank,
+                            world_size=launch.world.size, timeout=timeout, **extra)
+    return Ranks(dist.PrefixStore("agree/", store), launch.rank, launch.world, device)
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -19,6 +19,8 @@ import torch
 
 from harness import backends, workloads
 from harness.hardware import ceilings, specs
+from harness.distributed import group
+from harness.distributed.group import Ranks
 from harness.distributed.launch import SOLO, World
 from harness.hardware.device import DeviceFacts, detect
 from harness.measure import faults, memory, metrics, stats, telemetry
@@ -38,16 +40,20 @@ class Context:
     ceilings: dict | None = None  # ceilings.summary() of this device, when measured
     sampler: telemetry.Sampler | None = None
     world: World = SOLO  # the ranks a collective case runs over (harness/distributed)
+    ranks: Ranks | None = None  # how this rank agrees with the others in a distributed run
 
 
-def context(device: str, timing: TimingSettings) -> Context:
-    """The shared state of a run on this device: facts, peaks, measured ceilings, timer, sampler."""
+def context(device: str, timing: TimingSettings, join=None) -> Context:
+    """The shared state of a run on this device: facts, peaks, measured ceilings, timer, sampler.
+    With a worker.Join, first the run's group, pinned to this rank's GPU (harness/distributed/group.py)."""
+    ranks = group.join(join.launch, join.generation, device, join.timeout_s) if join else None
     facts = detect(device)
     with warnings.catch_warnings(record=True):  # callers say once, in words, that telemetry is missing
         sampler = telemetry.sampler_for(facts)
     timer = Timer(device, timing, facts.l2_bytes)
     timer.flush_buffer  # allocated now, once, rather than inside the first case
-    return Context(device, facts, specs.resolve(facts), timer, ceilings.summary(ceilings.load(facts)), sampler)
+    return Context(device, facts, specs.resolve(facts), timer, ceilings.summary(ceilings.load(facts)), sampler,
+                   world=ranks.world if ranks else SOLO, ranks=ranks)
 
 
 def base_row(case: Case, ctx: Context) -> dict:
@@ -67,45 +73,83 @@ def base_row(case: Case, ctx: Context) -> dict:
 
 
 def run_case(case: Case, ctx: Context) -> tuple[dict, list[float]]:
-    """The case's result row, and its raw sample times (empty when it was not timed)."""
+    """The case's result row, and its raw sample times (empty when it was not timed).
+
+    In a distributed run every rank says before timing whether it is ready; a rank that skipped,
+    mismatched or failed stops the case on every rank (each row names it), since a collective, or
+    a case meant to load every GPU at once, cannot be timed on some ranks only."""
     row = base_row(case, ctx)
     wl = workloads.REGISTRY[case.workload]
-    backend = backends.get(case.workload, case.backend)
-    p, dtype = case.p, DTYPES[case.dtype]
-
-    reason = backend.unsupported(p, dtype, ctx.facts)
-    if reason is None:
-        reason = memory.shortfall(wl.memory_bytes(p, dtype), ctx.device)
-    if reason:
-        return {**row, "status": "skipped", "reason": reason}, []
-
     inputs = fn = None
+    timing = False
     try:
         with matmul_precision(None):  # whatever a backend sets globally ends with its case
-            gen = torch.Generator(device=ctx.device).manual_seed(zlib.crc32(case.problem_id.encode()))
-            inputs = wl.make_inputs(p, dtype, ctx.device, gen)
-            fn = backend.build(inputs, p, dtype)
-            faults.inject(case.case_id, ctx.device)  # MFU_INJECT_FAULT, for tests of the run's isolation
-            if backend.columns:
-                row.update(backend.columns(inputs, p, dtype))
-            out = fn()
-            _sync(ctx.device)
-            problem = wl.check(inputs, out, p, dtype, backend.problem)
-            if problem:
-                return {**row, "status": "mismatch", "reason": problem}, []
-            del out
+            inputs, fn, verdict = _prepare(case, ctx, row)
+            verdict = _agree(ctx.ranks, verdict)
+            if verdict["status"] != "ready":
+                return {**row, **verdict}, []
+            timing = True
             if ctx.sampler:
                 with ctx.sampler:
-                    m = ctx.timer.measure(fn)
+                    m = ctx.timer.measure(fn, ctx.ranks, align=wl.collective)
                 row.update(ctx.sampler.columns())
             else:
-                m = ctx.timer.measure(fn)
+                m = ctx.timer.measure(fn, ctx.ranks, align=wl.collective)
     except Exception as exc:  # any failure of one case is that case's row, never the run's end
+        if timing and ctx.ranks is not None and ctx.ranks.size > 1 and ctx.ranks.broken is None:
+            # The others may be inside a collective or a vote this rank will never join.
+            ctx.ranks.broken = f"failed while timing: {_one_line(exc)}"
         return {**row, "status": "error", "reason": _one_line(exc)}, []
     finally:
         del inputs, fn
         _clean_up(ctx.device)
     return finish_row(row, m.samples_ms, case, ctx), m.samples_ms
+
+
+def _prepare(case: Case, ctx: Context, row: dict) -> tuple[dict | None, object, dict]:
+    """Inputs, the backend's closure checked against the reference, and this rank's verdict:
+    {"status": "ready"}, or the status and reason of a case that will not be timed."""
+    wl = workloads.REGISTRY[case.workload]
+    backend = backends.get(case.workload, case.backend)
+    p, dtype = case.p, DTYPES[case.dtype]
+    reason = backend.unsupported(p, dtype, ctx.facts)
+    if reason is None:
+        reason = memory.shortfall(wl.memory_bytes(p, dtype), ctx.device)
+    if reason:
+        return None, None, {"status": "skipped", "reason": reason}
+    try:
+        gen = torch.Generator(device=ctx.device).manual_seed(zlib.crc32(case.problem_id.encode()))
+        inputs = wl.make_inputs(p, dtype, ctx.device, gen)
+        fn = backend.build(inputs, p, dtype)
+        faults.inject(case.case_id, ctx.device)  # MFU_INJECT_FAULT, for tests of the run's isolation
+        fn = faults.slowed(case.case_id, ctx.device, fn)
+        if backend.columns:
+            row.update(backend.columns(inputs, p, dtype))
+        out = fn()
+        _sync(ctx.device)
+        problem = wl.check(inputs, out, p, dtype, backend.problem)
+    except Exception as exc:
+        return None, None, {"status": "error", "reason": _one_line(exc)}
+    if problem:
+        return None, None, {"status": "mismatch", "reason": problem}
+    return inputs, fn, {"status": "ready"}
+
+
+def _agree(ranks, verdict: dict) -> dict:
+    """This rank's verdict; when it is ready and others are not, theirs, naming the first: skipped
+    when they all skipped it, else an error."""
+    if ranks is None:
+        return verdict
+    verdicts = ranks.exchange("the check before timing", verdict)
+    if verdict["status"] != "ready":
+        return verdict
+    others = [(r, v) for r, v in enumerate(verdicts) if v["status"] != "ready"]
+    if not others:
+        return verdict
+    r, v = others[0]
+    more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+    status = "skipped" if all(v["status"] == "skipped" for _, v in others) else "error"
+    return {"status": status, "reason": f"{group.NOT_TIMED} {r}{more} was {v['status']} ({v['reason']})"}
 
 
 def finish_row(row: dict, samples_ms: list[float], case: Case, ctx: Context) -> dict:
@@ -120,6 +164,8 @@ def finish_row(row: dict, samples_ms: list[float], case: Case, ctx: Context) -> 
            **metrics.achieved(row["flops"], row["bytes"], s.median, spec, dtype.peak_key,
                               None if wl.collective else ctx.ceilings, exps),
            **(wl.link_columns(case.p, dtype, s.median, ctx.world, ctx.spec) if wl.collective else {})}
+    if wl.collective:  # its bytes cross links, not memory: algbw_gbps says it, never a memory rate
+        row.update(tflops=None, gbps=None)
     row.update(metrics.clock_columns(row, ctx.spec, ctx.facts, dtype.peak_key))
     suspect = metrics.sanity(row, ctx.spec, peak_key=dtype.peak_key, facts=ctx.facts,
                              floor=metrics.launch_floor_ms(ctx.ceilings, ctx.device))

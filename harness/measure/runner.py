@@ -30,6 +30,9 @@ from rich.progress import (
 )
 
 from harness import workloads
+from harness.distributed import group
+from harness.distributed.control import Control, ControlLost
+from harness.errors import UsageError
 from harness.hardware import ceilings, environment
 from harness.measure import faults, supervisor
 from harness.measure.case import Context, finish_row
@@ -37,9 +40,9 @@ from harness.measure.config import Case, Suite
 from harness.measure.dtypes import DTYPES
 from harness.measure.timing import Timer
 from harness.measure.worker import WorkerInfo, error_row
-from harness.present import report, summary, tables
+from harness.present import ranks, report, summary, tables
 from harness.store import columns, schema
-from harness.store.results import FAILED, WORKER_LOG, RunDir
+from harness.store.results import FAILED, RunDir
 
 EXIT_INTERRUPTED = 130
 WORST_FIRST = ("error", "mismatch", "suspect", "skipped", "ok")
@@ -47,83 +50,141 @@ TAIL_SHOWN = 6  # lines of a failed worker's output shown on the console (the ro
 
 
 def run(suite: Suite, device: str, out: Path, console: Console, resume: bool = False, repeat: int = 1,
-        isolate: str = "run", case_timeout_s: float | None = None, view: summary.View = summary.View()) -> int:
+        isolate: str = "run", case_timeout_s: float | None = None, view: summary.View = summary.View(),
+        control: Control | None = None, straggler_threshold: float = ranks.DEFAULT_THRESHOLD) -> int:
     """Run the suite into `out` (continuing it when resume is set); return the exit code.
 
     isolate: "run" (one worker, replaced after a fatal case), "case" (a fresh worker per case) or
-    "none" (in this process). case_timeout_s overrides the suite's timing.case_timeout_s."""
+    "none" (in this process). case_timeout_s overrides the suite's timing.case_timeout_s. With a
+    distributed Control (under torchrun) every rank runs every case at once and rank 0 writes."""
     faults.check_environment()
     if case_timeout_s is not None:
         suite = replace(suite, timing=replace(suite.timing, case_timeout_s=case_timeout_s))
+    control = control or Control(None)
     run_dir = RunDir(out)
-    cases = supervisor.executor(isolate, device, suite.timing, run_dir.path)
+    cases = supervisor.executor(isolate, device, suite.timing, run_dir.path, control.launch)
     with _StopOnSignals() as stop:
         try:
-            return _run(suite, device, run_dir, console, resume, repeat, isolate, cases, stop, view)
+            return _run(suite, device, run_dir, console, resume, repeat, isolate, cases, stop, view, control,
+                        straggler_threshold)
         finally:
             cases.close(kill=True)  # a no-op unless the run ended early
 
 
 def _run(suite: Suite, device: str, run_dir: RunDir, console: Console, resume: bool, repeat: int,
-         isolate: str, cases, stop: _StopOnSignals, view: summary.View = summary.View()) -> int:
+         isolate: str, cases, stop: _StopOnSignals, view: summary.View, control: Control,
+         straggler_threshold: float) -> int:
     meta = None
     interrupted = False
+    writes = control.writes
     try:
         try:
             info = cases.start()
         except supervisor.WorkerFailed as exc:
-            console.print(f"[red]{escape(exc.reason)}[/]")
+            console.print(f"[red]{escape(_rank_prefix(control))}{escape(exc.reason)}[/]")
             if exc.log_tail:
                 console.print(escape(_head(exc.log_tail)), style="dim")
-            console.print(f"(full output: {run_dir.path / WORKER_LOG})")
+            console.print(f"(full output: {cases.log_path})")
             return 1
-        ctx = _parent_context(device, suite, info)
-        previous = run_dir.read_meta() if resume else {}
-        repeat = previous.get("repeat", repeat)
-        done = {(r["case_id"], r.get("pass", 0)) for r in run_dir.rows() if r["status"] != "error"} if resume else set()
-        meta = _meta(suite, ctx, info, previous, repeat, isolate)
-        run_dir.write_meta(meta)
-
-        todo = [(i, c) for i in range(repeat) for c in suite.cases if (c.case_id, i) not in done]
-        _announce(console, suite, ctx, info, run_dir.path, repeat)
-        if resume:
-            console.print(f"resuming {run_dir.path}: {len(suite.cases) * repeat - len(todo)} done, {len(todo)} to run")
+        ctx = _parent_context(device, suite, info, control)
+        placed = control.gather({**control.placement(), "device": info.facts.to_dict()})
+        if writes:
+            previous = run_dir.read_meta() if resume else {}
+            repeat = previous.get("repeat", repeat)
+            done = {(r["case_id"], r.get("pass", 0)) for r in run_dir.rows() if r["status"] != "error"} if resume else set()
+            meta = _meta(suite, ctx, info, previous, repeat, isolate, placed)
+            run_dir.write_meta(meta)
+            todo_ids = [(i, c.case_id) for i in range(repeat) for c in suite.cases if (c.case_id, i) not in done]
+        repeat, todo_ids = control.share((repeat, todo_ids) if writes else None)
+        todo = _cases_by_id(suite, todo_ids)
+        if writes:
+            _announce(console, suite, ctx, info, run_dir.path, repeat)
+            if resume:
+                console.print(f"resuming {run_dir.path}: {len(suite.cases) * repeat - len(todo)} done, {len(todo)} to run")
+        else:
+            console.print(f"rank {control.rank} of {control.size} on {control.host} (GPU {control.placement()['local_rank']}: "
+                          f"{info.facts.name}): {len(todo)} cases; rank 0 writes the run")
         results = cases.results(case for _, case in todo)
-        with _progress(console) as progress:
+        with _progress(console, shown=writes) as progress:
             task = progress.add_task("", total=len(todo))
             for pass_index, case in todo:
                 progress.update(task, description=_short(case, pass_index, repeat))
                 result = next(results)
                 row = result.row or error_row(case, ctx, result.failure)
+                row.update(control.placement())
                 if result.log_tail:
                     row["log_tail"] = result.log_tail
                 if repeat > 1:
                     row["pass"] = pass_index
-                if result.samples:
-                    run_dir.append_samples(row["case_id"], result.samples, row.get("pass"))
-                run_dir.append(row)
-                progress.console.print(_line(row, tables.width(console)))
-                if result.log_tail:
-                    progress.console.print(escape(_head(result.log_tail)), style="dim")
+                gathered = control.gather((row, result.samples))
+                if not control.all(cases.alive):  # a group that lost a rank is rebuilt by all
+                    cases.close(kill=True)
+                    cases.generation += 1
+                if writes:
+                    for row, samples in _recorded(case, gathered):
+                        if samples:
+                            run_dir.append_samples(row["case_id"], samples, row.get("pass"), row["rank"])
+                        run_dir.append(row)
+                        progress.console.print(_line(row, tables.width(console), control.size))
+                        if row.get("log_tail"):
+                            progress.console.print(escape(_head(row["log_tail"])), style="dim")
                 progress.advance(task)
         stop.ignore_further()  # from here on, writing what finished is never cut short
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ControlLost) as exc:
         interrupted = True
-        if meta is None:
-            console.print("[yellow]interrupted before any case ran[/]")
+        why = f"{exc}: " if isinstance(exc, ControlLost) else "interrupted: "
+        if not writes:
+            console.print(f"[yellow]{escape(_rank_prefix(control) + why)}stopping[/]")
             return EXIT_INTERRUPTED
-        console.print("[yellow]interrupted: writing what finished[/]")
+        if meta is None:
+            console.print(f"[yellow]{escape(why)}stopped before any case ran[/]")
+            return EXIT_INTERRUPTED
+        console.print(f"[yellow]{escape(why)}writing what finished[/]")
     cases.close(kill=interrupted)
+    if not writes:
+        return control.share(None)  # rank 0's exit code, once it has written the run
 
-    rows = _final_rows(suite, run_dir, ctx)
-    meta.update(finished=None if interrupted else environment.now(), interrupted=interrupted)
+    rows = ranks.mark_stragglers(_final_rows(suite, run_dir, ctx, control), straggler_threshold)
+    meta.update(finished=None if interrupted else environment.now(), interrupted=interrupted,
+                straggler_threshold=straggler_threshold)
     _finish(run_dir, suite, rows, meta)
     summary.print_console(rows, console, view)
     report.write(run_dir.path, console)  # never raises: a report is not worth losing a run over
     console.print(f"results: {run_dir.path}")
     if interrupted:
-        return EXIT_INTERRUPTED
-    return 1 if any(r["status"] in FAILED for r in rows) else 0
+        code = EXIT_INTERRUPTED
+    else:
+        code = 1 if any(r["status"] in FAILED for r in rows) else 0
+    return control.share(code) if not interrupted else code
+
+
+def _rank_prefix(control: Control) -> str:
+    return f"rank {control.rank}: " if control.size > 1 else ""
+
+
+def _cases_by_id(suite: Suite, todo_ids: list) -> list[tuple[int, Case]]:
+    """Rank 0's list of (pass, case_id) as this rank's cases: every rank must run the same suite."""
+    by_id = {c.case_id: c for c in suite.cases}
+    missing = [cid for _, cid in todo_ids if cid not in by_id]
+    if missing:
+        raise UsageError(f"{suite.source}: rank 0 runs case {missing[0]}, which this rank's suite does not "
+                         "have: give every rank the same suite file")
+    return [(i, by_id[cid]) for i, cid in todo_ids]
+
+
+def _recorded(case: Case, gathered: list[tuple[dict, list[float]]]) -> list[tuple[dict, list[float]]]:
+    """What rank 0 records of one case: every rank's row of a single-GPU case; one row of a
+    collective, its slowest rank's, or when it failed, the row of the rank that failed."""
+    if len(gathered) == 1 or not workloads.REGISTRY[case.workload].collective:
+        return gathered
+    failed = [(row, s) for row, s in gathered if row["status"] not in ("ok", "suspect")]
+    if failed:
+        own = [(row, s) for row, s in failed if not group.blames_another_rank(row.get("reason"))]
+        row, samples = (own or failed)[0]
+        if f"rank {row['rank']}" not in (row.get("reason") or ""):
+            row = {**row, "reason": f"rank {row['rank']}: {row.get('reason')}"}
+        return [(row, samples)]
+    return [max(gathered, key=lambda g: g[0]["time_ms"])]
 
 
 class _StopOnSignals:
@@ -154,10 +215,11 @@ class _StopOnSignals:
         self.stopping = True
 
 
-def _parent_context(device: str, suite: Suite, info: WorkerInfo) -> Context:
+def _parent_context(device: str, suite: Suite, info: WorkerInfo, control: Control) -> Context:
     """What the parent needs of the worker's context to build and pool rows: facts, peaks,
-    ceilings and the timing settings (a Timer that never allocates here: it never measures)."""
-    return Context(device, info.facts, info.spec, Timer(device, suite.timing, info.facts.l2_bytes), info.ceilings)
+    ceilings, the ranks and the timing settings (a Timer that never allocates here: it never measures)."""
+    return Context(device, info.facts, info.spec, Timer(device, suite.timing, info.facts.l2_bytes), info.ceilings,
+                   world=control.world)
 
 
 def _head(log_tail: str) -> str:
@@ -180,21 +242,22 @@ def _announce(console: Console, suite: Suite, ctx: Context, info: WorkerInfo, ou
         console.print("telemetry: NVML cannot watch this device; clock, power and throttle columns stay empty")
 
 
-def _final_rows(suite: Suite, run_dir: RunDir, ctx: Context) -> list[dict]:
-    """One row per case in suite order; a case measured in several passes is pooled."""
-    by_case: dict[str, list[dict]] = {}
+def _final_rows(suite: Suite, run_dir: RunDir, ctx: Context, control: Control) -> list[dict]:
+    """One row per case and rank, in suite then rank order; a case measured in several passes is pooled."""
+    by_case: dict[tuple, list[dict]] = {}
     for row in run_dir.rows():
-        by_case.setdefault(row["case_id"], []).append(row)
-    samples = run_dir.samples()
+        by_case.setdefault((row["case_id"], row.get("rank", 0)), []).append(row)
+    samples = run_dir.samples(by_rank=True)
     cases = {c.case_id: c for c in suite.cases}
     rows = []
-    for case_id, passes in by_case.items():
-        rows.append(passes[0] if len(passes) == 1 else _pool(passes, samples.get(case_id), cases[case_id], ctx))
+    for key, passes in by_case.items():
+        rows.append(passes[0] if len(passes) == 1 else _pool(passes, samples.get(key), cases[key[0]], ctx))
     order = {c.case_id: i for i, c in enumerate(suite.cases)}
+    rows.sort(key=lambda r: (order.get(r["case_id"], len(order)), r.get("rank", 0)))
     # Only cold-cache runs set records: with l2_flush off, a case may read from L2 what the
-    # ceilings (measured cold) had to fetch from memory.
-    return ceilings.rerate(sorted(rows, key=lambda r: order.get(r["case_id"], len(order))), ctx, run_dir.path,
-                           raise_records=suite.timing.l2_flush)
+    # ceilings (measured cold) had to fetch from memory. Only a single GPU's: the stored ceilings
+    # are this GPU's, and other ranks' rows ran on other GPUs.
+    return ceilings.rerate(rows, ctx, run_dir.path, raise_records=suite.timing.l2_flush and control.size == 1)
 
 
 def _pool(passes: list[dict], samples: list[float] | None, case: Case, ctx: Context) -> dict:
@@ -237,7 +300,8 @@ def schema_for(suite: Suite, rows: list[dict] = ()) -> dict:
     return schema.build(declared, peak_keys, rows)
 
 
-def _meta(suite: Suite, ctx: Context, info: WorkerInfo, previous: dict, repeat: int, isolate: str) -> dict:
+def _meta(suite: Suite, ctx: Context, info: WorkerInfo, previous: dict, repeat: int, isolate: str,
+          placed: list[dict]) -> dict:
     return {
         "suite": suite.name, "suite_source": suite.source, "suite_text": suite.text,
         "timing": asdict(suite.timing), "repeat": repeat, "isolate": isolate, "device_kind": ctx.device,
@@ -245,13 +309,15 @@ def _meta(suite: Suite, ctx: Context, info: WorkerInfo, previous: dict, repeat: 
         "ceilings": ctx.ceilings, "telemetry": info.telemetry,
         "software": environment.software(), "started": previous.get("started") or environment.now(),
         "finished": None, "resumed": bool(previous), "schema": schema_for(suite),
+        "world_size": len(placed), "ranks": placed,  # where each rank ran, with its device's facts
     }
 
 
-def _progress(console: Console) -> Progress:
+def _progress(console: Console, shown: bool = True) -> Progress:
+    """The progress bar; not shown by ranks other than 0 (rank 0 prints the run)."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                    transient=True)
+                    transient=True, disable=not shown)
 
 
 def _short(case: Case, pass_index: int, repeat: int) -> str:
@@ -260,12 +326,18 @@ def _short(case: Case, pass_index: int, repeat: int) -> str:
     return text + (f" (pass {pass_index + 1}/{repeat})" if repeat > 1 else "")
 
 
-def _line(row: dict, width: int = 10_000) -> str:
+def _line(row: dict, width: int = 10_000, world_size: int = 1) -> str:
     """One finished case: status and numbers first (never cut), then the case id and any reason,
     shortened in the middle so the line fits the terminal."""
     status = row["status"]
     head = f"{status:<8}"
-    if status == "ok":
+    if world_size > 1:
+        head = f"rank {row.get('rank', 0):<3} " + head
+    if status == "ok" and row.get("algbw_gbps") is not None:  # a collective
+        head += f" {row['time_ms']:.4g} ms  algbw {row['algbw_gbps']:.4g} GB/s  busbw {row['busbw_gbps']:.4g} GB/s"
+        if row.get("link_util") is not None:
+            head += f"  link {row['link_util']:.1%}"
+    elif status == "ok":
         head += f" {row['time_ms']:.4g} ms  {row['tflops']:.2f} TFLOPS  {row['gbps']:.0f} GB/s"
         if row.get("mfu") is not None:
             head += f"  MFU {row['mfu']:.1%}  MBU {row['mbu']:.1%}"

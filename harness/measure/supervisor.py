@@ -35,11 +35,12 @@ from harness.measure.worker import (
     CASE_MARK,
     STACK_DUMP_SIGNAL,
     Result,
+    Join,
     WorkerInfo,
     describe,
     run_guarded,
 )
-from harness.store.results import WORKER_LOG
+from harness.store.results import worker_log
 
 ISOLATION = ("run", "case", "none")
 TAIL_LINES = 20
@@ -59,12 +60,14 @@ class WorkerFailed(Exception):
         self.reason, self.log_tail = reason, log_tail
 
 
-def executor(isolate: str, device: str, timing: TimingSettings, run_path: Path):
+def executor(isolate: str, device: str, timing: TimingSettings, run_path: Path, launch=None):
+    """Where cases run; with a Launch (a distributed run) the worker joins the ranks' group."""
     if isolate not in ISOLATION:
         raise ValueError(f"isolate must be one of {', '.join(ISOLATION)} (got {isolate!r})")
     if isolate == "none":
         return InProcess(device, timing)
-    return Supervisor(device, timing, Path(run_path) / WORKER_LOG, fresh_per_case=isolate == "case")
+    log = Path(run_path) / worker_log(launch.rank if launch else 0)
+    return Supervisor(device, timing, log, fresh_per_case=isolate == "case", launch=launch)
 
 
 class InProcess:
@@ -83,6 +86,9 @@ class InProcess:
         for case in cases:
             yield run_guarded(case, self.ctx)
 
+    alive = True
+    generation = 0
+
     def close(self, kill: bool = False) -> None:
         pass
 
@@ -90,9 +96,13 @@ class InProcess:
 class Supervisor:
     """Cases in a worker process, replaced whenever a case kills it, hangs it or breaks its GPU context."""
 
-    def __init__(self, device: str, timing: TimingSettings, log_path: Path, fresh_per_case: bool = False):
+    def __init__(self, device: str, timing: TimingSettings, log_path: Path, fresh_per_case: bool = False,
+                 launch=None):
         self.device, self.timing, self.log_path = device, timing, log_path
         self.fresh_per_case = fresh_per_case
+        # A distributed run: workers join the ranks' group, the generation-th one; the runner
+        # replaces every rank's worker together, with the next generation, when any is lost.
+        self.launch, self.generation = launch, 0
         self.limit_s = timing.case_timeout_s
         self.proc = self.conn = self.log = self.readable = None
 
@@ -112,7 +122,8 @@ class Supervisor:
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             pass_fds=(theirs.fileno(),), env=_worker_environment())
         theirs.close()
-        self.conn.send((self.device, self.timing))
+        join = Join(self.launch, self.generation, self.limit_s) if self.launch else None
+        self.conn.send((self.device, self.timing, join))
         message, failure = self._receive(time.monotonic() + START_LIMIT_S, f"no worker ready after {START_LIMIT_S:g} s")
         if failure is None and message[0] == "failed":
             failure = f"start-up failed: {message[1]}"
@@ -124,11 +135,12 @@ class Supervisor:
     def results(self, cases: Iterable) -> Iterator[Result]:
         """Each case's Result, in order; a failed one (row None) when the worker died or hung on it.
 
-        One case waits in the worker's pipe behind the running one (not with fresh_per_case), so the
-        worker goes on to it without waiting for the parent to record the last."""
+        One case waits in the worker's pipe behind the running one (not with fresh_per_case, nor in a
+        distributed run, where the ranks decide together between cases), so the worker goes on to it
+        without waiting for the parent to record the last."""
         queued: deque = deque()  # sent to the current worker, or waiting for a fresh one
         upcoming = iter(cases)
-        depth = 1 if self.fresh_per_case else 2
+        depth = 1 if self.fresh_per_case or self.launch else 2
         while True:
             while len(queued) < depth and (case := next(upcoming, None)) is not None:
                 if self.proc is not None:
@@ -167,6 +179,11 @@ class Supervisor:
         if result.context_lost or self.fresh_per_case:
             self.close()
         return result
+
+    @property
+    def alive(self) -> bool:
+        """Whether a worker is up (a lost one is replaced before the next case)."""
+        return self.proc is not None
 
     def _send(self, case) -> None:
         try:

@@ -20,9 +20,11 @@ from functools import cached_property
 
 import torch
 
+from harness.distributed.group import ALONE
 from harness.measure import stats
 
 MAX_SAMPLES = 100_000  # a memory bound on the sample list, far past any useful count
+MAX_WARMUP_CALLS = 100_000  # of a microsecond kernel in a long warmup_ms
 
 
 @dataclass(frozen=True)
@@ -82,49 +84,69 @@ class Timer:
             return None
         return torch.empty(self.flush_bytes, dtype=torch.int8, device=self.device)
 
-    def measure(self, fn) -> Measurement:
+    def measure(self, fn, ranks=None, align: bool = False) -> Measurement:
+        """Time fn. In a distributed run `ranks` (harness/distributed/group.py) makes every rank
+        warm up as often, sample in batches of the same size and stop together (a collective must be
+        called equally often everywhere; a single-GPU case so runs on all GPUs at once, as in a real
+        job); `align` puts a device-side barrier before each sample of a collective."""
         s = self.settings
-        self._warm_up(fn)
+        ranks = ranks or ALONE
+        self._warm_up(fn, ranks)
         run = self._graph(fn) if (s.cuda_graph and self.cuda) else fn
         samples: list[float] = []
         deadline = time.perf_counter() + s.max_time_s
-        batch = s.min_samples
+        batch = ranks.agree_min("the first batch", s.min_samples)
         while True:
             started = time.perf_counter()
-            samples += self._batch(run, batch)
+            samples += self._batch(run, batch, ranks.align if align else None)
             per_sample_s = (time.perf_counter() - started) / batch  # flush and host overhead included
             summary = stats.summarize(samples)
             converged = len(samples) >= s.min_samples and summary.rel_ci <= s.rel_ci
             left = deadline - time.perf_counter()
-            if converged or left <= 0 or len(samples) >= MAX_SAMPLES:
-                return Measurement(samples, summary, converged)
             # Grow geometrically, but never plan a batch past the deadline.
             fits = max(1, int(left / max(per_sample_s, 1e-7)))
             batch = max(1, min(len(samples), fits, MAX_SAMPLES - len(samples)))
+            out = left <= 0 or len(samples) >= MAX_SAMPLES
+            # Stop when every rank has converged, or any is out of time; else the smallest next batch.
+            votes = ranks.exchange("the stopping vote", [converged, out, batch])
+            if all(v[0] for v in votes) or any(v[1] for v in votes):
+                return Measurement(samples, summary, converged)
+            batch = min(v[2] for v in votes)
 
-    def _warm_up(self, fn) -> None:
-        """Run fn until warmup_ms has passed, and at least twice."""
-        calls, start = 0, time.perf_counter()
-        while calls < 2 or (time.perf_counter() - start) * 1e3 < self.settings.warmup_ms:
+    def _warm_up(self, fn, ranks) -> None:
+        """Run fn for warmup_ms, and at least twice: two calls, then as many more as the slowest
+        rank needs to fill warmup_ms at the rate of the second call."""
+        start = time.perf_counter()
+        for _ in range(2):
+            call_started = time.perf_counter()
             fn()
-            calls += 1
             self._sync()
+        per_call_ms = (time.perf_counter() - call_started) * 1e3
+        left_ms = self.settings.warmup_ms - (time.perf_counter() - start) * 1e3
+        more = int(max(0.0, left_ms) / max(per_call_ms, 1e-4))
+        for _ in range(int(ranks.agree_max("the warm-up", min(more, MAX_WARMUP_CALLS)))):
+            fn()
+        self._sync()
 
-    def _batch(self, fn, count: int) -> list[float]:
+    def _batch(self, fn, count: int, align=None) -> list[float]:
         if not self.cuda:
-            return [self._host_sample(fn) for _ in range(count)]
+            return [self._host_sample(fn, align) for _ in range(count)]
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                   for _ in range(count)]
         for start, end in events:
             self._flush()
+            if align:
+                align()
             start.record()
             fn()
             end.record()
         events[-1][1].synchronize()
         return [start.elapsed_time(end) for start, end in events]
 
-    def _host_sample(self, fn) -> float:
+    def _host_sample(self, fn, align=None) -> float:
         self._flush()
+        if align:
+            align()  # on gloo a blocking barrier: every rank starts the sample together
         start = time.perf_counter_ns()
         fn()
         return (time.perf_counter_ns() - start) / 1e6

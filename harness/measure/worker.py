@@ -3,7 +3,7 @@
 Started as `python -u -m harness.measure.worker FD PARENT_PID`, with stdout and stderr going to the run's
 worker.log. It talks to the parent over the socket FD, one pickled message at a time:
 
-    parent -> worker   (device, TimingSettings)      once, first
+    parent -> worker   (device, TimingSettings, Join or None)      once, first
     worker -> parent   ("ready", WorkerInfo) or ("failed", text)
     parent -> worker   a Case, or None to stop
     worker -> parent   its Result
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 STACK_DUMP_SIGNAL = signal.SIGUSR1
 CASE_MARK = "--- case "  # the log line before each case's own output
+RANKS_WAIT_SHARE = 0.9  # of case_timeout_s that a rank waits for the others within a case
 
 
 @dataclass
@@ -40,6 +41,16 @@ class WorkerInfo:
     spec: object  # harness.hardware.specs.PeakSpec, or None
     ceilings: dict | None
     telemetry: bool  # whether NVML can watch the device
+
+
+@dataclass(frozen=True)
+class Join:
+    """A distributed run: the worker joins the ranks' group (harness/distributed/group.py) as this
+    launch's rank, in the generation-th group of the run (a new one whenever workers are replaced)."""
+
+    launch: object  # harness.distributed.launch.Launch
+    generation: int
+    timeout_s: float  # of the group's own collectives; exchanges end at each case's deadline
 
 
 @dataclass
@@ -73,7 +84,9 @@ def run_guarded(case, ctx) -> Result:
     if lost:
         first = row["reason"] if row["status"] == "error" else lost
         row, samples = error_row(case, ctx, f"{first}; the CUDA context is lost, a fresh worker runs the next case"), []
-    return Result(row, samples, seconds, context_lost=lost is not None)
+    # A group some rank never came back to may hold half-done collectives: every rank starts afresh.
+    broken = ctx.ranks is not None and ctx.ranks.broken is not None
+    return Result(row, samples, seconds, context_lost=lost is not None or broken)
 
 
 def context_lost(device: str) -> str | None:
@@ -110,14 +123,14 @@ def error_row(case, ctx, reason: str) -> dict:
 def serve(conn) -> int:
     """The worker's loop; returns its exit code."""
     try:
-        device, timing = conn.recv()
+        device, timing, join = conn.recv()
     except EOFError:
         return 0
     from harness.measure import stats
     from harness.measure.case import _one_line, context
 
     try:
-        ctx = context(device, timing)
+        ctx = context(device, timing, join)
         stats.summarize([1.0] * 5)  # its lazy imports (scipy) are start-up, not the first case's time
     except Exception as exc:
         traceback.print_exc()
@@ -137,6 +150,8 @@ def serve(conn) -> int:
         if case is None:
             return 0
         print(CASE_MARK + case.case_id)
+        if ctx.ranks is not None:  # exchanges give up on a missing rank before the parent gives up on us
+            ctx.ranks.start_case(timing.case_timeout_s * RANKS_WAIT_SHARE)
         result = run_guarded(case, ctx)
         sys.stdout.flush()
         sys.stderr.flush()

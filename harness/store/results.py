@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 from harness.errors import UsageError
@@ -34,12 +35,18 @@ RUN_FILES = ("cases.jsonl", "samples.jsonl", "results.csv", "meta.json", "summar
              "report.html", "roofline.png", "roofline.svg", "claims.md", "claims.html",
              "cases.jsonl" + CORRUPT_SUFFIX, "samples.jsonl" + CORRUPT_SUFFIX, WORKER_LOG)
 PARTIAL_SUFFIX = ".partial"  # `.meta.json.partial`: a whole-file write in progress
+RANK_LOG = re.compile(r"worker\.rank\d+\.log")  # the workers of ranks other than 0 (a distributed run)
+
+
+def worker_log(rank: int = 0) -> str:
+    """The file a rank's case worker writes its output to: worker.log for rank 0 (and a single run)."""
+    return WORKER_LOG if rank == 0 else f"worker.rank{rank}.log"
 
 
 def is_run_file(name: str) -> bool:
     """Whether a file name in a run directory is one `mfu run` writes."""
-    return name in RUN_FILES or (name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
-                                 and name[1:-len(PARTIAL_SUFFIX)] in RUN_FILES)
+    return name in RUN_FILES or bool(RANK_LOG.fullmatch(name)) or (
+        name.startswith(".") and name.endswith(PARTIAL_SUFFIX) and name[1:-len(PARTIAL_SUFFIX)] in RUN_FILES)
 
 
 class RunDir:
@@ -51,26 +58,32 @@ class RunDir:
     def append(self, row: dict) -> None:
         _append_line(self.cases_file, json.dumps(_clean(row)))
 
-    def append_samples(self, case_id: str, samples_ms: list[float], pass_index: int | None = None) -> None:
+    def append_samples(self, case_id: str, samples_ms: list[float], pass_index: int | None = None,
+                       rank: int | None = None) -> None:
         """Keep a case's raw sample times (6 significant digits) for later significance tests."""
         line = {"case_id": case_id, "samples_ms": [float(f"{x:.6g}") for x in samples_ms]}
         if pass_index is not None:
             line["pass"] = pass_index
+        if rank:  # rank 0's lines (and a single-process run's) carry none
+            line["rank"] = rank
         _append_line(self.path / "samples.jsonl", json.dumps(line, separators=(",", ":")))
 
-    def samples(self) -> dict[str, list[float]]:
-        """Raw sample times per case_id: all passes pooled (the last record of each pass).
+    def samples(self, by_rank: bool = False) -> dict:
+        """Raw sample times per case_id (or per (case_id, rank) with by_rank): all passes pooled (the
+        last record of each pass), and without by_rank all ranks too.
 
         Unreadable lines are skipped: samples only sharpen significance tests, the rows are the record.
         """
-        by_pass: dict[str, dict] = {}
+        by_pass: dict = {}
         for _, row in _lines(self.path / "samples.jsonl"):
             if _is_sample(row):
-                by_pass.setdefault(row["case_id"], {})[row.get("pass", 0)] = row["samples_ms"]
-        return {case_id: [x for p in sorted(passes) for x in passes[p]] for case_id, passes in by_pass.items()}
+                rank = row.get("rank", 0)
+                key = (row["case_id"], rank) if by_rank else row["case_id"]
+                by_pass.setdefault(key, {})[(row.get("pass", 0), rank)] = row["samples_ms"]
+        return {key: [x for p in sorted(passes) for x in passes[p]] for key, passes in by_pass.items()}
 
     def rows(self) -> list[dict]:
-        """Finished rows, the last per (case_id, pass), in first-seen order.
+        """Finished rows, the last per (case_id, pass, rank), in first-seen order.
 
         A broken last line (a case cut short by a crash, or one being written now) is skipped;
         a broken line before it is corruption: a UsageError naming the file and line.
@@ -80,7 +93,7 @@ class RunDir:
         for i, (number, row) in enumerate(lines):
             problem = _row_problem(row)
             if problem is None:
-                latest[(row["case_id"], row.get("pass", 0))] = row
+                latest[(row["case_id"], row.get("pass", 0), row.get("rank", 0))] = row
             elif i < len(lines) - 1:
                 raise UsageError(_corrupt_message(self.cases_file, number, problem))
         return list(latest.values())
