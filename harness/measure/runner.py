@@ -45,7 +45,7 @@ from harness.store import columns, schema
 from harness.store.results import FAILED, RunDir
 
 EXIT_INTERRUPTED = 130
-WORST_FIRST = ("error", "mismatch", "suspect", "skipped", "ok")
+WORST_FIRST = columns.WORST_FIRST
 TAIL_SHOWN = 6  # lines of a failed worker's output shown on the console (the row's log_tail keeps more)
 
 

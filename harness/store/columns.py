@@ -9,7 +9,8 @@ same shape. A column this registry does not know (a workload's extra) is rendere
 kind:     identity (which case) | param (the problem) | status | formula (known before timing) |
           timing (from the samples) | metric (derived from the median time) | ceiling (against a
           measured ceiling) | clock | telemetry (NVML while timed) | note | placement (the rank and
-          host a row ran on) | extra (a workload's or backend's own column, unknown here)
+          host a row ran on, and how it compares with the other ranks) | extra (a workload's or
+          backend's own column, unknown here)
 type:     float | int | bool | str, how a reader types the column (harness/store/frames.py); None: infer it
 pools:    how rows of several passes (or ranks) of one case combine: "samples" (recomputed from the
           pooled raw samples), "same" (equal in every pass), "min", "max", "mean", "sum", "union"
@@ -117,6 +118,22 @@ COLUMNS: tuple[Column, ...] = (
        "algbw x the op's nccl-tests factor: comparable to the link's bandwidth"),
     _C("link_util", "metric", "fraction", "{:.1%}", "link util", "samples", 0,
        "busbw over the GPU's NVLink (in a node) or network (across nodes) bandwidth per direction"),
+    # how a rank compares with the others on a single-GPU case (harness/present/ranks.py): on each
+    # rank's row, then on the one row per case that `by_case` pools the ranks into
+    _C("vs_median", "placement", "fraction", "{:+.1%}", "vs median", "first", 4,
+       "this rank's time over the median of the case's ranks, minus 1 (+ is slower)"),
+    _C("straggler", "placement", None, "{}", "straggler", "any", 3,
+       "slower than the case's median rank by more than the straggler threshold (default 5%)", type="bool"),
+    _C("ranks", "placement", None, "{}", "rank rows", "first", 7, "rank rows pooled into this case row",
+       type="int"),
+    _C("slowest_rank", "placement", None, "{}", "slowest", "first", 5, "the rank with the longest time",
+       type="int"),
+    _C("slowest_host", "placement", None, "{}", "slowest host", "first", 6, "the slowest rank's host",
+       type="str"),
+    _C("spread", "placement", "fraction", "{:.1%}", "spread", "first", 4,
+       "(max - min) / median of the ranks' times"),
+    _C("stragglers", "placement", None, "{}", "stragglers", "union", 3,
+       "the ranks called stragglers, comma-separated", type="str"),
 )
 IDENTITY = tuple(c.name for c in COLUMNS if c.kind == "identity")  # parameters follow these in results.csv
 
@@ -145,7 +162,16 @@ def _union(values) -> str:
     return ",".join(dict.fromkeys(n for v in values for n in (v or "").split(",") if n))
 
 
-POOLS = {"min": min, "max": max, "mean": statistics.fmean, "sum": sum, "any": any, "union": _union}
+# Statuses from the worst to the best: a case pooled from passes or ranks takes the worst one's.
+WORST_FIRST = ("error", "mismatch", "suspect", "skipped", "ok")
+
+
+def worst(statuses) -> str:
+    return min(statuses, key=WORST_FIRST.index)
+
+
+POOLS = {"min": min, "max": max, "mean": statistics.fmean, "sum": sum, "any": any, "union": _union,
+         "worst": worst}
 
 
 def pooled(rows: list[dict], kind: str) -> dict:
