@@ -9,6 +9,7 @@ so does a file that cannot be read or written (`DIR/results.csv: Permission deni
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import math
@@ -41,7 +42,9 @@ COMMAND_MODULES: list[str] = ["harness.hardware.ceilings", "harness.present.comp
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     # A terminal's tables are fitted to its width (harness/present/tables.py); in a pipe or a CI log the
     # tables are markdown and every other line is printed whole, never folded at 80 columns.
     console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
@@ -81,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--case-timeout", type=_positive_float, metavar="S",
                      help="a case with no result after S seconds (compile and autotune included) is an error "
                           "row, and its worker is replaced (default: the suite's timing.case_timeout_s, 600)")
+    run.add_argument("--nproc", type=_positive_int, metavar="N",
+                     help="run on N GPUs of this node at once: starts torchrun with N ranks (for several "
+                          "nodes, start `mfu run` under torchrun yourself; see the README)")
+    run.add_argument("--straggler-threshold", type=_fraction, default=0.05, metavar="F",
+                     help="in a run on several GPUs, a rank more than F (0.05 = 5%%) slower than the median of "
+                          "a case's ranks is called a straggler")
     add_output_flags(run, columns=True)
     run.add_argument("--long", action="store_true",
                      help="one row per case instead of the backends side by side (implied by --columns and --wide)")
@@ -149,15 +158,84 @@ def default_suite(kind: str):
 
 
 def _run(args, console: Console) -> int:
-    from harness.measure import config, faults
+    from harness.distributed import launch
+    from harness.measure import faults
 
     faults.check_environment()  # a malformed MFU_INJECT_FAULT is refused before anything is written
     if args.resume and args.force:
         raise UsageError("--force starts a run over and --resume continues one: give one of them")
     if args.resume and args.out and args.out.resolve() != args.resume.resolve():
         raise UsageError("--resume DIR writes to DIR: give it without --out")
+    try:
+        here = launch.Launch.from_environment()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.nproc and here:
+        raise UsageError("--nproc starts torchrun itself: under torchrun, leave it out")
+    if args.nproc:
+        return launch.run_torchrun(args.nproc, _without_nproc(args.argv))
+    if here and args.isolate == "none":
+        raise UsageError("--isolate none runs cases in the launching process, which a distributed run keeps "
+                         "for coordination: use --isolate run or case under torchrun")
+    if here is None:
+        with _claimed(args, console) as (suite, kind, out, resume):
+            return _measure(suite, kind, out, console, args, resume)
+    return _run_rank(args, console, here)
+
+
+def _run_rank(args, console: Console, here) -> int:
+    """One rank of a distributed run: rank 0 claims the run directory and hands every rank the suite,
+    the device kind and the directory (each rank's worker writes its log there)."""
+    from harness.distributed import launch
+    from harness.distributed.control import Control
+    from harness.measure import supervisor
+
+    case_timeout = args.case_timeout or 600.0
+    control = Control(here, timeout_s=max(3600.0, 2 * case_timeout + supervisor.START_LIMIT_S))
+    try:
+        if control.writes:
+            shared = False
+            try:
+                with _claimed(args, console) as claimed:
+                    control.share(claimed)
+                    shared = True
+                    return launch.finish(_measure(*claimed[:3], console, args, claimed[3], control), True)
+            except UsageError as exc:
+                if not shared:
+                    control.share(str(exc))  # the other ranks stop too, instead of waiting
+                raise
+        claimed = control.share(None)
+        if isinstance(claimed, str):
+            raise UsageError(f"rank 0 stopped the run: {claimed}")
+        suite, kind, out, resume = claimed
+        _device_kind(kind, {})
+        out.mkdir(parents=True, exist_ok=True)  # for this rank's worker log (a host without rank 0's disk)
+        return launch.finish(_measure(suite, kind, out, console, args, resume, control), False)
+    finally:
+        control.close()
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line a rank runs: this one without --nproc N."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+@contextlib.contextmanager
+def _claimed(args, console: Console):
+    """(suite, device kind, run directory, resuming) of this `mfu run`, holding the directory's lock."""
+    from harness.measure import config
+
     if args.resume:
-        return _resume(args, console)
+        yield from _resumed(args, console)
+        return
     kind = _device_kind(args.device, {})
     if args.config:
         suite = config.load(args.config)
@@ -170,10 +248,10 @@ def _run(args, console: Console) -> int:
     with rundir_lock.locked(out):
         for line in rundir_lock.claim_new(out, args.force):
             console.print(line, markup=False, soft_wrap=True)
-        return _measure(suite, kind, out, console, args, resume=False)
+        yield suite, kind, out, False
 
 
-def _resume(args, console: Console) -> int:
+def _resumed(args, console: Console):
     """Continue a run directory: the same suite, under its lock, after setting aside a cut-short line."""
     from harness.measure import config
 
@@ -197,10 +275,18 @@ def _resume(args, console: Console) -> int:
         if changed:
             raise UsageError(f"{out} holds a run of another suite ({'; '.join(changed)}): resume it without "
                              f"a suite file, or start this suite with another --out")
+        if previous.get("world_size", 1) != _world_size():
+            raise UsageError(f"{out} was run by {previous.get('world_size', 1)} ranks: resume it with as many")
         warning = run_dir.repair()
         if warning:
             console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
-        return _measure(_only(suite, args.only), kind, out, console, args, resume=True)
+        yield _only(suite, args.only), kind, out, True
+
+
+def _world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _device_kind(asked: str | None, previous: dict) -> str:
@@ -212,13 +298,14 @@ def _device_kind(asked: str | None, previous: dict) -> str:
     return kind
 
 
-def _measure(suite: config.Suite, kind: str, out: Path, console: Console, args, resume: bool) -> int:
+def _measure(suite: config.Suite, kind: str, out: Path, console: Console, args, resume: bool, control=None) -> int:
     """runner.run, holding the lock; a write that fails midway says where the finished cases are."""
     from harness.measure import runner
 
     try:
         return runner.run(suite, kind, out, console, resume=resume, repeat=args.repeat,
-                          isolate=args.isolate, case_timeout_s=args.case_timeout, view=_view(args))
+                          isolate=args.isolate, case_timeout_s=args.case_timeout, view=_view(args),
+                          control=control, straggler_threshold=args.straggler_threshold)
     except OSError as exc:
         kept = RunDir(out).rows() if (out / "cases.jsonl").exists() else []
         if not kept:
@@ -253,6 +340,16 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 (got {text!r})")
     return int(text)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1, e.g. 0.05 for 5% (got {text!r})")
+    return value
 
 
 def _positive_float(text: str) -> float:

@@ -30,6 +30,8 @@ import torch.distributed as dist
 from harness.distributed.launch import SOLO, Launch, World
 
 STORE_PREFIX = "mfu"
+GONE = "gone/"  # a key per rank whose worker died during the current generation (mark_gone)
+WAIT_SLICE_S = 1.0
 
 
 def backend_for(device: str) -> str:
@@ -53,10 +55,11 @@ def blames_another_rank(reason: str | None) -> bool:
 class RanksMissing(RuntimeError):
     """Some ranks did not reach an exchange before the case's deadline."""
 
-    def __init__(self, what: str, missing: list[int], waited_s: float):
+    def __init__(self, what: str, missing: list[int], waited_s: float, gone: bool = False):
         names = ", ".join(map(str, missing))
-        super().__init__(f"rank{'s' if len(missing) > 1 else ''} {names} did not reach {what} within "
-                         f"{waited_s:.0f} s (died, hung, or still busy); the group is rebuilt for the next case")
+        why = "its worker is gone" if gone else f"within {waited_s:.0f} s (died, hung, or still busy)"
+        super().__init__(f"rank{'s' if len(missing) > 1 else ''} {names} did not reach {what}: {why}; "
+                         "the group is rebuilt for the next case")
         self.missing = missing
 
 
@@ -89,14 +92,20 @@ class Ranks:
         keys = [f"{prefix}{r}" for r in range(self.size)]
         self.store.set(keys[self.rank], json.dumps(value))
         started = time.monotonic()
-        try:
-            self.store.wait(keys, timedelta(seconds=max(0.001, self.deadline - started)))
-        except Exception as exc:  # DistStoreError (a timeout) or a store that went away
-            missing = [r for r, key in enumerate(keys) if not _has(self.store, key)]
-            if not missing:
-                raise
-            self.broken = f"{what}: ranks {missing} missing"
-            raise RanksMissing(what, missing, time.monotonic() - started) from exc
+        while True:  # in slices, to hear at once of a rank whose worker is gone (mark_gone)
+            left = self.deadline - time.monotonic()
+            try:
+                self.store.wait(keys, timedelta(seconds=max(0.001, min(left, WAIT_SLICE_S))))
+                break
+            except Exception as exc:  # DistStoreError (a timeout) or a store that went away
+                gone = [r for r in range(self.size) if _has(self.store, f"{GONE}{r}")]
+                if not gone and left > WAIT_SLICE_S:
+                    continue
+                missing = gone or [r for r, key in enumerate(keys) if not _has(self.store, key)]
+                if not missing:
+                    raise
+                self.broken = f"{what}: ranks {missing} missing"
+                raise RanksMissing(what, missing, time.monotonic() - started, bool(gone)) from exc
         return [json.loads(v) for v in self.store.multi_get(keys)]
 
     def agree_max(self, what: str, value: float) -> float:
@@ -124,14 +133,28 @@ def _has(store, key: str) -> bool:
         return False
 
 
+def _generation_store(launch: Launch, generation: int, timeout: timedelta):
+    client = dist.TCPStore(launch.master_addr, launch.master_port, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"{STORE_PREFIX}/{generation}/", client)
+
+
+def mark_gone(launch: Launch, generation: int) -> None:
+    """Tell the other ranks' workers that this rank's worker died or was killed in this generation,
+    so they stop waiting for it now rather than at the case's deadline. Best effort."""
+    try:
+        store = _generation_store(launch, generation, timedelta(seconds=10))
+        dist.PrefixStore("agree/", store).set(f"{GONE}{launch.rank}", "1")
+    except Exception:
+        pass  # the others still stop at their deadline
+
+
 def join(launch: Launch, generation: int, device: str, timeout_s: float) -> Ranks:
     """Join the run's group as this launch's rank (the worker's generation-th group), pinned to its
     local GPU; the Ranks object agrees through the same store."""
     if device == "cuda":
         torch.cuda.set_device(launch.local_rank)
     timeout = timedelta(seconds=timeout_s)
-    client = dist.TCPStore(launch.master_addr, launch.master_port, is_master=False, timeout=timeout)
-    store = dist.PrefixStore(f"{STORE_PREFIX}/{generation}/", client)
+    store = _generation_store(launch, generation, timeout)
     extra = {"device_id": torch.device("cuda", launch.local_rank)} if device == "cuda" else {}
     dist.init_process_group(backend_for(device), store=dist.PrefixStore("pg/", store), rank=launch.rank,
                             world_size=launch.world.size, timeout=timeout, **extra)

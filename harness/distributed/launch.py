@@ -3,15 +3,21 @@
 torchrun (torch.distributed.run, and the launchers above it: Slurm's `srun torchrun`, Kubernetes'
 PyTorchJob) starts one process per GPU and sets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
 MASTER_ADDR and MASTER_PORT. `Launch.from_environment()` is None when they are absent: a
-single-process run. `World` is the part a formula needs (harness/workloads/comm.py's link
+single-process run. `run_torchrun` is `mfu run --nproc N`: torchrun on this node with N ranks,
+each running the same `mfu run` command line. `World` is the part a formula needs (harness/workloads/comm.py's link
 bandwidth: NVLink inside a node, the network across nodes).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -60,3 +66,45 @@ class Launch:
         world = World(size, int(env.get("LOCAL_WORLD_SIZE", size)))
         return cls(int(env["RANK"]), int(env["LOCAL_RANK"]), world, env["MASTER_ADDR"],
                    int(env["MASTER_PORT"]), socket.gethostname())
+
+
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """torchrun (torch.distributed.run) on this node alone, N ranks each running `mfu ARGV`."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "harness.cli", *argv]
+
+
+EXIT_FILE = "MFU_EXIT_FILE"  # where the ranks of `--nproc` leave the run's exit code (see run_torchrun)
+
+
+def run_torchrun(nproc: int, argv: list[str]) -> int:
+    """Run torchrun and return the run's exit code. The ranks it starts exit 0 when they finished
+    and leave the run's code (1 when a case failed) in EXIT_FILE: torchrun reports any other exit
+    as a crash of the job, with a traceback. Ctrl-C reaches torchrun and the ranks from the
+    terminal; SIGTERM sent to this process alone is passed on, so the ranks write what finished."""
+    with tempfile.TemporaryDirectory(prefix="mfu-") as tmp:
+        exit_file = Path(tmp) / "exit"
+        proc = subprocess.Popen(torchrun_command(nproc, argv), env={**os.environ, EXIT_FILE: str(exit_file)})
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+        try:
+            while True:
+                try:
+                    code = proc.wait()
+                    break
+                except KeyboardInterrupt:
+                    continue  # torchrun got the same Ctrl-C and stops the ranks; wait for it
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if code == 0 and exit_file.is_file():
+            return int(exit_file.read_text())
+        return code
+
+
+def finish(code: int, writes: bool) -> int:
+    """A rank's exit code: under `--nproc`, 0 with the run's code left for run_torchrun by rank 0."""
+    exit_file = os.environ.get(EXIT_FILE)
+    if not exit_file:
+        return code
+    if writes:
+        Path(exit_file).write_text(str(code))
+    return 0

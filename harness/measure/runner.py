@@ -111,6 +111,8 @@ def _run(suite: Suite, device: str, run_dir: RunDir, console: Console, resume: b
                 progress.update(task, description=_short(case, pass_index, repeat))
                 result = next(results)
                 row = result.row or error_row(case, ctx, result.failure)
+                if result.row is None and control.launch:  # the others' workers stop waiting for ours
+                    group.mark_gone(control.launch, cases.generation)
                 row.update(control.placement())
                 if result.log_tail:
                     row["log_tail"] = result.log_tail
