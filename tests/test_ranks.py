@@ -191,3 +191,55 @@ def test_the_ranks_table_reads_without_torch():
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("straggler: rank 2 (node-a GPU 2) is 20.0% slower")
+
+
+# ------------------------------------------------------------------------------ the run's summary
+
+
+GEMM_DECLARED = {"gemm": {"params": ["m", "n", "k", "label"], "baseline": "torch", "summary_columns": []}}
+
+
+def summary_md(rows):
+    from harness.present import summary
+    from harness.store import schema
+
+    meta = {"suite": "node", "device": {"name": "NVIDIA H200"}, "schema": schema.build(GEMM_DECLARED, {"bf16": "bf16"}, rows)}
+    return summary.markdown(rows, meta)
+
+
+def distributed_run():
+    times = [1.0] * 8
+    times[3] = 1.072
+    return (rank_rows(times, telemetry={3: {"sm_clock_mhz": 1410.0, "power_w": 690.0, "throttle": "sw_power_cap"}})
+            + rank_rows([0.1] * 8, case_id="gemm:bf16:m=1024,n=1024,k=1024:torch"))
+
+
+def test_a_distributed_runs_summary_has_one_row_per_case_and_the_ranks_table():
+    from harness.present import summary
+
+    shown = summary.console_tables(distributed_run())
+    gemm, table = shown
+    assert len(gemm.rows) == 2  # one row per problem, not per rank
+    assert table.title.startswith("ranks: each case on 8 GPUs")
+    assert [row[0] for row in table.rows] == [GEMM, "gemm:bf16:m=1024,n=1024,k=1024:torch"]
+    assert any(n.startswith("straggler: rank 3 (node-a GPU 3) is 7.2% slower") for n in table.notes)
+
+    md = summary_md(distributed_run())
+    assert "- cases: 2 (2 ok)" in md
+    assert "- ranks: 8 GPUs on 1 host(s) (node-a: 8)" in md
+    assert "## ranks: each case on 8 GPUs" in md
+    assert f"| {GEMM} | 8 | 1 | node-a:3 (rank 3) | 7.2% | 3 |" in md
+    assert ("- straggler: rank 3 (node-a GPU 3) is 7.2% slower than the median on " + GEMM
+            + "; SM clock 1410 MHz, 690 W, clock reasons sw_power_cap") in md
+
+
+def test_a_single_process_runs_summary_has_nothing_new():
+    from harness.present import summary
+
+    rows = rank_rows([1.0]) + rank_rows([0.1], case_id="gemm:bf16:m=1024,n=1024,k=1024:torch")
+    bare = [{k: v for k, v in r.items() if k not in ("rank", "local_rank", "host", "world_size")} for r in rows]
+    md = summary_md(rows)
+    assert md == summary_md(bare)
+    assert "ranks" not in md and "straggler" not in md
+    shown = summary.console_tables(rows)
+    assert [t.title for t in shown] == [t.title for t in summary.console_tables(bare)] and len(shown) == 1
