@@ -243,3 +243,36 @@ def test_a_single_process_runs_summary_has_nothing_new():
     assert "ranks" not in md and "straggler" not in md
     shown = summary.console_tables(rows)
     assert [t.title for t in shown] == [t.title for t in summary.console_tables(bare)] and len(shown) == 1
+
+
+def write_run(path, rows):
+    from harness.store import schema
+    from harness.store.results import RunDir
+
+    run_dir = RunDir(path)
+    for r in rows:
+        run_dir.append(r)
+    run_dir.write_meta({"suite": "node", "device": {"name": "NVIDIA H200", "kind": "cuda"},
+                        "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:01:00+00:00",
+                        "schema": schema.build(GEMM_DECLARED, {"bf16": "bf16"}, rows)})
+    run_dir.write_csv(rows, ["m", "n", "k", "label"])
+    return path
+
+
+def test_marks_written_to_results_csv_read_back_and_the_report_shows_the_ranks_table(tmp_path):
+    from harness.present import report
+    from harness.store import runs
+
+    rows = ranks.mark_stragglers(distributed_run(), threshold=0.05)
+    run = runs.load(write_run(tmp_path / "run", rows))
+    back = by_rank(r for r in run.rows if r["case_id"] == GEMM)
+    assert back[3]["straggler"] is True and back[0]["straggler"] is False
+    assert back[3]["vs_median"] == pytest.approx(0.072)
+    assert [c["stragglers"] for c in ranks.by_case(run.rows)] == ["3", ""]
+
+    report.build(tmp_path / "run")
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "## ranks: each case on 8 GPUs" in md and "straggler: rank 3 (node-a GPU 3) is 7.2% slower" in md
+    assert "- cases: 2 (2 ok)" in md
+    every = md.split("## gemm: every case")[1].split("##")[0]
+    assert every.count("| 8192 | 8192 | 8192 | 1 |") == 1  # one row per case, not one per rank

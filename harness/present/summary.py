@@ -103,7 +103,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def _one_row_per_case(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """A distributed run's rank rows (empty for a single-process run) and its rows with one row
     per case."""
-    return (rows, ranks.by_case(rows)) if ranks.distributed(rows) else ([], rows)
+    return (rows if ranks.distributed(rows) else []), ranks.by_case(rows)
 
 
 def _ranks_line(rank_rows: list[dict]) -> str:
