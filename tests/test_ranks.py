@@ -191,3 +191,88 @@ def test_the_ranks_table_reads_without_torch():
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("straggler: rank 2 (node-a GPU 2) is 20.0% slower")
+
+
+# ------------------------------------------------------------------------------ the run's summary
+
+
+GEMM_DECLARED = {"gemm": {"params": ["m", "n", "k", "label"], "baseline": "torch", "summary_columns": []}}
+
+
+def summary_md(rows):
+    from harness.present import summary
+    from harness.store import schema
+
+    meta = {"suite": "node", "device": {"name": "NVIDIA H200"}, "schema": schema.build(GEMM_DECLARED, {"bf16": "bf16"}, rows)}
+    return summary.markdown(rows, meta)
+
+
+def distributed_run():
+    times = [1.0] * 8
+    times[3] = 1.072
+    return (rank_rows(times, telemetry={3: {"sm_clock_mhz": 1410.0, "power_w": 690.0, "throttle": "sw_power_cap"}})
+            + rank_rows([0.1] * 8, case_id="gemm:bf16:m=1024,n=1024,k=1024:torch"))
+
+
+def test_a_distributed_runs_summary_has_one_row_per_case_and_the_ranks_table():
+    from harness.present import summary
+
+    shown = summary.console_tables(distributed_run())
+    gemm, table = shown
+    assert len(gemm.rows) == 2  # one row per problem, not per rank
+    assert table.title.startswith("ranks: each case on 8 GPUs")
+    assert [row[0] for row in table.rows] == [GEMM, "gemm:bf16:m=1024,n=1024,k=1024:torch"]
+    assert any(n.startswith("straggler: rank 3 (node-a GPU 3) is 7.2% slower") for n in table.notes)
+
+    md = summary_md(distributed_run())
+    assert "- cases: 2 (2 ok)" in md
+    assert "- ranks: 8 GPUs on 1 host(s) (node-a: 8)" in md
+    assert "## ranks: each case on 8 GPUs" in md
+    assert f"| {GEMM} | 8 | 1 | node-a:3 (rank 3) | 7.2% | 3 |" in md
+    assert ("- straggler: rank 3 (node-a GPU 3) is 7.2% slower than the median on " + GEMM
+            + "; SM clock 1410 MHz, 690 W, clock reasons sw_power_cap") in md
+
+
+def test_a_single_process_runs_summary_has_nothing_new():
+    from harness.present import summary
+
+    rows = rank_rows([1.0]) + rank_rows([0.1], case_id="gemm:bf16:m=1024,n=1024,k=1024:torch")
+    bare = [{k: v for k, v in r.items() if k not in ("rank", "local_rank", "host", "world_size")} for r in rows]
+    md = summary_md(rows)
+    assert md == summary_md(bare)
+    assert "ranks" not in md and "straggler" not in md
+    shown = summary.console_tables(rows)
+    assert [t.title for t in shown] == [t.title for t in summary.console_tables(bare)] and len(shown) == 1
+
+
+def write_run(path, rows):
+    from harness.store import schema
+    from harness.store.results import RunDir
+
+    run_dir = RunDir(path)
+    for r in rows:
+        run_dir.append(r)
+    run_dir.write_meta({"suite": "node", "device": {"name": "NVIDIA H200", "kind": "cuda"},
+                        "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:01:00+00:00",
+                        "schema": schema.build(GEMM_DECLARED, {"bf16": "bf16"}, rows)})
+    run_dir.write_csv(rows, ["m", "n", "k", "label"])
+    return path
+
+
+def test_marks_written_to_results_csv_read_back_and_the_report_shows_the_ranks_table(tmp_path):
+    from harness.present import report
+    from harness.store import runs
+
+    rows = ranks.mark_stragglers(distributed_run(), threshold=0.05)
+    run = runs.load(write_run(tmp_path / "run", rows))
+    back = by_rank(r for r in run.rows if r["case_id"] == GEMM)
+    assert back[3]["straggler"] is True and back[0]["straggler"] is False
+    assert back[3]["vs_median"] == pytest.approx(0.072)
+    assert [c["stragglers"] for c in ranks.by_case(run.rows)] == ["3", ""]
+
+    report.build(tmp_path / "run")
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "## ranks: each case on 8 GPUs" in md and "straggler: rank 3 (node-a GPU 3) is 7.2% slower" in md
+    assert "- cases: 2 (2 ok)" in md
+    every = md.split("## gemm: every case")[1].split("##")[0]
+    assert every.count("| 8192 | 8192 | 8192 | 1 |") == 1  # one row per case, not one per rank

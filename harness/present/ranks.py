@@ -59,13 +59,17 @@ def by_case(rows: list[dict], threshold: float = DEFAULT_THRESHOLD) -> list[dict
     `spread` and `stragglers`.
 
     Rows already marked (mark_stragglers, as the runner does with the run's threshold) keep
-    their flags; unmarked rows are marked here at `threshold`."""
+    their flags; unmarked rows are marked here at `threshold`. A single-process run's rows are
+    returned as they are."""
+    if not distributed(rows):
+        return list(rows)
     if not any(r.get("vs_median") is not None for r in rows):
         rows = mark_stragglers(rows, threshold)
     return [case[0] if len(case) == 1 else _pooled(case) for case in _cases(rows).values()]
 
 
 def _pooled(case: list[dict]) -> dict:
+    """The rank rows of one case as one row (see by_case)."""
     worst = min(case, key=lambda r: columns.WORST_FIRST.index(r["status"]))  # the first of the worst
     timed = _timed(case)
     row = {**worst, **dict.fromkeys(PER_RANK)}
@@ -95,8 +99,10 @@ def _pooled(case: list[dict]) -> dict:
 def table(rows: list[dict], threshold: float = DEFAULT_THRESHOLD) -> Table | None:
     """The ranks table of a distributed run's rank rows: one row per case run on several ranks,
     and below it one line per straggler (`straggler_lines`); None when no case has several
-    ranks. Numbers are shown only for a case whose every rank is ok: otherwise its worst status,
-    with the reason as a note."""
+    ranks (as in a single-process run). Numbers are shown only for a case whose every rank is ok:
+    otherwise its worst status, with the reason as a note."""
+    if not distributed(rows):
+        return None
     if not any(r.get("vs_median") is not None for r in rows):
         rows = mark_stragglers(rows, threshold)
     cases = {cid: case for cid, case in _cases(rows).items() if len(case) > 1}

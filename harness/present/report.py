@@ -5,7 +5,8 @@ chart inlined as SVG: one file to mail or attach), roofline.png and roofline.svg
 device, peaks and measured ceilings, software, case counts; the roofline chart; the backends side
 by side with speedups and geometric means (harness/present/compare.py); every case (harness/present/summary.py),
 with each case's reason (suspect, skipped, ...) listed under its table rather than in a column,
-and the parameter columns that hold one value in every row said once in a note. In the HTML,
+and the parameter columns that hold one value in every row said once in a note; for a distributed
+run, one row per case pooled over its ranks and the ranks table (harness/present/ranks.py). In the HTML,
 each roofline point shows its case on hover; the tables fit a 1280 px window
 (tests/test_browser.py checks this in headless Chromium).
 
@@ -25,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness.errors import UsageError
-from harness.present import compare, roofline, summary, tables
+from harness.present import compare, ranks, roofline, summary, tables
 from harness.present.tables import Table
 from harness.store import ids, runs
 
@@ -91,8 +92,9 @@ def build(run_dir: Path, out: Path | None = None) -> list[Path]:
 
 def _facts(run: runs.Run) -> list[str]:
     meta, peak, ceilings = run.meta, run.meta.get("peak"), run.meta.get("ceilings")
-    counts = Counter(r["status"] for r in run.rows)
-    facts = [f"run: {run.path.name}", f"cases: {len(run.rows)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})",
+    cases = ranks.by_case(run.rows)  # a distributed run has a row per rank of a case
+    counts = Counter(r["status"] for r in cases)
+    facts = [f"run: {run.path.name}", f"cases: {len(cases)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})",
              f"started {run.started or '?'}, finished {meta.get('finished') or 'not (interrupted)'}",
              "software: " + (runs.versions_text(run.versions()) or "not recorded")]
     if peak:
@@ -122,13 +124,15 @@ def _chart_note(run: runs.Run) -> str:
 
 def _sections(run: runs.Run) -> list[Table]:
     side_by_side = compare.single(run).tables
+    rows = ranks.by_case(run.rows)  # one row per case
     every = []
-    for wl in dict.fromkeys(r["workload"] for r in run.rows):
-        mine = [r for r in run.rows if r["workload"] == wl]
+    for wl in dict.fromkeys(r["workload"] for r in rows):
+        mine = [r for r in rows if r["workload"] == wl]
         headers, cells = summary.table(mine, wl, notes=False, schema=run.schema)  # reasons go below: a long column is unreadable
         every.append(Table(f"{wl}: every case", headers, cells, [_reason(r) for r in mine if r.get("reason")]))
     keys = set().union(*(r.keys() for r in run.rows))
-    return [_constant_columns_as_note(t, keys) for t in side_by_side + every]
+    by_rank = ranks.table(run.rows)  # None for a single-process run
+    return [_constant_columns_as_note(t, keys) for t in side_by_side + every] + ([by_rank] if by_rank else [])
 
 
 def _constant_columns_as_note(t: Table, keys: set[str]) -> Table:

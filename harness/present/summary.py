@@ -5,6 +5,10 @@
 Rows are grouped per problem so the backends of one problem sit together. Only `ok` rows show
 numbers: a suspect, mismatched or failed case shows its status and reason instead, never a
 figure that cannot be trusted.
+
+A distributed run (more than one rank) has one row per rank of each single-GPU case: its tables
+show one row per case, pooled over the ranks (harness/present/ranks.py `by_case`), followed by the
+ranks table (median, slowest rank, spread, stragglers, and a line per straggler).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from harness.present import tables
+from harness.present import ranks, tables
 from harness.present.ratios import speedup
 from harness.present.tables import Footnotes, Table, number, tflops
 from harness.store import columns
@@ -69,6 +73,7 @@ def fmt(value, pattern: str) -> str:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
+    rank_rows, rows = _one_row_per_case(rows)
     counts = Counter(r["status"] for r in rows)
     dev = meta.get("device", {})
     peak = meta.get("peak") or {}
@@ -76,6 +81,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"# {meta.get('suite', 'run')} on {dev.get('name', '?')}",
         "",
         f"- cases: {len(rows)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})",
+        *([_ranks_line(rank_rows)] if rank_rows else []),
         f"- peaks: {peak.get('name', 'none (MFU and MBU left empty)')}"
         + (f" ({peak.get('origin')}; {peak.get('reason')})" if peak else ""),
         f"- measured ceilings: {_ceilings_line(meta.get('ceilings'))}",
@@ -89,7 +95,24 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines += [f"## {wl}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
         lines.append("")
+    if rank_rows and (ranks_table := ranks.table(rank_rows)):
+        lines.append(tables.markdown([ranks_table]))
     return "\n".join(lines)
+
+
+def _one_row_per_case(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """A distributed run's rank rows (empty for a single-process run) and its rows with one row
+    per case."""
+    return (rows if ranks.distributed(rows) else []), ranks.by_case(rows)
+
+
+def _ranks_line(rank_rows: list[dict]) -> str:
+    """'- ranks: 16 GPUs on 2 host(s) (node-a: 8, node-b: 8); ...'."""
+    gpus = {(r.get("host"), r.get("rank")) for r in rank_rows if r.get("rank") is not None}
+    world = max(r.get("world_size") or 1 for r in rank_rows)
+    hosts = Counter(h for h, _ in gpus)
+    where = ", ".join(f"{h or '?'}: {n}" for h, n in hosts.items())
+    return f"- ranks: {world} GPUs on {len(hosts)} host(s) ({where}); each single-GPU case ran on all at once"
 
 
 def _ceilings_line(ceilings: dict | None) -> str:
@@ -178,7 +201,9 @@ NOT_SHOWN = {"case_id", "workload", "reason", "log_tail", "pass"}  # in the row,
 
 def console_tables(rows: list[dict], view: View = View()) -> list[Table]:
     """The run's summary as Tables: per workload, side by side or long; skipped rows only counted
-    when a whole problem was skipped on every backend."""
+    when a whole problem was skipped on every backend. A distributed run's tables have one row per
+    case, and the ranks table follows them."""
+    rank_rows, rows = _one_row_per_case(rows)
     out = []
     for wl in dict.fromkeys(r["workload"] for r in rows):
         mine = [r for r in rows if r["workload"] == wl]
@@ -186,6 +211,8 @@ def console_tables(rows: list[dict], view: View = View()) -> list[Table]:
             out.append(side_by_side(mine, wl))
         else:
             out.append(long_table(mine, wl, view.columns, view.wide))
+    if rank_rows and (ranks_table := ranks.table(rank_rows)):
+        out.append(ranks_table)
     return out
 
 
