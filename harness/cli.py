@@ -36,7 +36,7 @@ EXIT_USAGE = 2
 PLAN_SUMMARY_OVER = 60  # more planned cases than this: a grouped summary, not every case
 # Modules that each add one subcommand: a module-level `add_command(subparsers)` registers a parser
 # whose `command` default is a function (args, console) -> exit code.
-COMMAND_MODULES: list[str] = ["harness.hardware.ceilings", "harness.present.compare", "harness.present.history", "harness.present.report", "harness.present.export",
+COMMAND_MODULES: list[str] = ["harness.hardware.ceilings", "harness.present.compare.command", "harness.present.history", "harness.present.report", "harness.present.export",
                                "harness.present.claims", "harness.checkup"]
 
 

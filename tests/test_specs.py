@@ -1,8 +1,9 @@
-"""Tests for harness/hardware/specs.py: the datasheet table, name matching, lookup and derivation."""
+"""Tests for harness/hardware/specs/: the datasheet table, name matching, lookup, derivation, resolve and explain."""
 
 import pytest
 
 from harness.hardware import specs
+from harness.hardware.specs import derivation, gpu_table, name_matching
 from harness.measure.dtype_names import PEAK_KEYS
 from harness.hardware.device import DeviceFacts
 
@@ -55,7 +56,7 @@ def hopper_like(**overrides) -> DeviceFacts:
 
 @pytest.mark.parametrize("reported, key", REPORTED)
 def test_reported_names_match_their_entry(reported, key):
-    spec = specs.match(reported)
+    spec = name_matching.match(reported)
     assert spec is not None and spec.key == key
     assert spec.origin == "datasheet"
     assert reported in spec.reason and "/" in spec.reason
@@ -64,7 +65,7 @@ def test_reported_names_match_their_entry(reported, key):
 @pytest.mark.parametrize("reported, key", REPORTED)
 def test_matching_ignores_case_separators_and_spacing(reported, key):
     mangled = "  " + reported.upper().replace(" ", "__").replace("-", " - ") + " "
-    assert specs.match(mangled).key == key
+    assert name_matching.match(mangled).key == key
 
 
 @pytest.mark.parametrize(
@@ -84,7 +85,7 @@ def test_matching_ignores_case_separators_and_spacing(reported, key):
     ],
 )
 def test_near_misses_do_not_cross(reported, key):
-    assert specs.match(reported).key == key
+    assert name_matching.match(reported).key == key
 
 
 @pytest.mark.parametrize(
@@ -103,13 +104,13 @@ def test_near_misses_do_not_cross(reported, key):
     ],
 )
 def test_unknown_or_ambiguous_names_match_nothing(reported):
-    assert specs.match(reported) is None
+    assert name_matching.match(reported) is None
 
 
 def test_normalize_name():
-    assert specs.normalize_name("NVIDIA A100-SXM4-80GB") == "a100 sxm4 80gb"
-    assert specs.normalize_name("AMD  Instinct_MI300X ") == "instinct mi300x"
-    assert specs.normalize_name("nvidia") == "nvidia"
+    assert gpu_table.normalize_name("NVIDIA A100-SXM4-80GB") == "a100 sxm4 80gb"
+    assert gpu_table.normalize_name("AMD  Instinct_MI300X ") == "instinct mi300x"
+    assert gpu_table.normalize_name("nvidia") == "nvidia"
 
 
 # ------------------------------------------------------------------------------ lookup
@@ -211,20 +212,20 @@ GOOD_ENTRY = dict(
 def test_broken_entries_name_entry_and_field(field, value, message):
     entry = dict(GOOD_ENTRY, **{field: value})
     with pytest.raises(ValueError, match=r"^gpus\.yaml entry 0 \((test-gpu|Test GPU)\): ") as err:
-        specs._parse([entry])
+        gpu_table.parse([entry])
     assert message in str(err.value)
 
 
 def test_duplicate_keys_are_rejected():
     with pytest.raises(ValueError, match="repeats entry 0"):
-        specs._parse([GOOD_ENTRY, dict(GOOD_ENTRY, name="Other")])
+        gpu_table.parse([GOOD_ENTRY, dict(GOOD_ENTRY, name="Other")])
 
 
 # ------------------------------------------------------------------------------ derivation
 
 
 def test_derive_hopper_like_reproduces_datasheet():
-    spec = specs.derive(hopper_like())
+    spec = derivation.derive(hopper_like())
     assert spec.origin == "derived"
     assert spec.peaks_tflops["bf16"] == pytest.approx(989, rel=0.002)
     assert spec.peaks_tflops["fp8"] == pytest.approx(1979, rel=0.002)
@@ -249,13 +250,13 @@ def test_derive_hopper_like_reproduces_datasheet():
 def test_per_sm_rates_reproduce_known_datasheets(key, cc, clock_mhz, dtypes):
     sheet = specs.lookup(key)
     facts = hopper_like(compute_capability=cc, sm_count=sheet.sms, max_sm_clock_mhz=clock_mhz)
-    derived = specs.derive(facts).peaks_tflops
+    derived = derivation.derive(facts).peaks_tflops
     for dtype in dtypes:
         assert derived[dtype] == pytest.approx(sheet.peaks_tflops[dtype], rel=0.025), dtype
 
 
 def test_derive_with_missing_facts_leaves_values_empty():
-    spec = specs.derive(hopper_like(max_sm_clock_mhz=None, memory_bus_width_bits=None,
+    spec = derivation.derive(hopper_like(max_sm_clock_mhz=None, memory_bus_width_bits=None,
                                     total_memory_bytes=None, l2_bytes=None))
     assert spec.peaks_tflops == {} and spec.peak_flops("bf16") is None
     assert spec.bandwidth_tbs is None and spec.bandwidth_bytes is None
@@ -264,15 +265,15 @@ def test_derive_with_missing_facts_leaves_values_empty():
 
 
 def test_derive_unknown_architecture_gives_no_peaks_but_bandwidth():
-    spec = specs.derive(hopper_like(compute_capability=(7, 5)))
+    spec = derivation.derive(hopper_like(compute_capability=(7, 5)))
     assert spec.peaks_tflops == {}
     assert "7.5" in spec.reason
     assert spec.bandwidth_tbs == pytest.approx(3.35, rel=0.002)
 
 
 def test_derive_only_for_nvidia_gpus():
-    assert specs.derive(hopper_like(vendor="amd")) is None
-    assert specs.derive(DeviceFacts(kind="cpu", name="Some CPU")) is None
+    assert derivation.derive(hopper_like(vendor="amd")) is None
+    assert derivation.derive(DeviceFacts(kind="cpu", name="Some CPU")) is None
 
 
 # ------------------------------------------------------------------------------ resolve, explain
