@@ -340,8 +340,12 @@ def _gpu_entry(spec: specs.PeakSpec) -> tables.Table:
                 for k, v in spec.peaks_tflops.items()]
     figures += [("memory bandwidth TB/s", fmt_number(spec.bandwidth_tbs)), ("memory GB", fmt_number(spec.memory_gb)),
                 ("SMs", fmt_number(spec.sms)), ("boost clock MHz", fmt_number(spec.boost_mhz)),
-                ("L2 MB", fmt_number(spec.l2_mb))]
-    notes = [f"source: {spec.source}"] + ([f"notes: {spec.notes}"] if spec.notes else [])
+                ("L2 MB", fmt_number(spec.l2_mb)),
+                # per GPU and direction, comparable to nccl-tests' busbw (gpus.yaml's header)
+                ("NVLink GB/s per direction", fmt_number(spec.nvlink_gbs)),
+                ("network GB/s per direction", fmt_number(spec.network_gbs))]
+    notes = [f"source: {spec.source}"] + ([f"links source: {spec.links_source}"] if spec.links_source else [])
+    notes += [f"notes: {spec.notes}"] if spec.notes else []
     return tables.Table(f"{spec.key}: {spec.name}", ["figure", "value"],
                         [[k, v] for k, v in figures if v], notes)
 

@@ -13,7 +13,7 @@ The package, one job per module:
     gpu_table.py      gpus.yaml: load and validate it once (table, normalize_name)
     name_matching.py  a reported name to its entry (match), a key or name to its entry (lookup)
     derivation.py     per-SM rates by compute capability (ARCH_RATES) and derive
-    explain.py        the human account `mfu gpus --detect` prints (explain)
+    explanation.py    the human account `mfu gpus --detect` prints (explain)
 
 The names other modules use are importable from here: PeakSpec, resolve, lookup (`mfu plan
 --gpu`, `mfu gpus KEY`), table (`mfu gpus`), explain and ARCH_RATES (metrics.py's clock check).
@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from harness.hardware.specs.derivation import ARCH_RATES, derive
-from harness.hardware.specs.explain import explain
+from harness.hardware.specs.explanation import explain
 from harness.hardware.specs.gpu_table import table
 from harness.hardware.specs.name_matching import lookup, match
 from harness.hardware.specs.peak_spec import PeakSpec

@@ -22,6 +22,9 @@ from harness.measure.dtype_names import PEAK_KEYS
 _REQUIRED = ("name", "key", "match", "arch", "peaks_tflops", "bandwidth_tbs", "memory_gb", "source")
 _OPTIONAL = ("sms", "boost_mhz", "l2_mb", "notes", "nvlink_gbs", "network_gbs", "links_source")
 _BANDWIDTH_RANGE_TBS = (0.05, 50.0)  # catches GB/s or B/s written where TB/s is meant
+# Link figures in GB/s per direction. Gb/s written where GB/s is meant reads 8x high: a 400 Gb/s NIC
+# as 400 (not 50), NVLink 4's 450 GB/s as 3600; TB/s reads 1000x low.
+_LINK_RANGES_GBS = {"nvlink_gbs": (10.0, 2500.0), "network_gbs": (1.0, 200.0)}
 
 
 class Entry(NamedTuple):
@@ -106,11 +109,36 @@ def _parse_entry(i: int, item: object) -> Entry:
         reason="",
         arch=item["arch"],
         notes=item.get("notes", ""),
-        nvlink_gbs=_optional_positive(item.get("nvlink_gbs"), fail, "nvlink_gbs"),
-        network_gbs=_optional_positive(item.get("network_gbs"), fail, "network_gbs"),
-        links_source=item.get("links_source", ""),
+        links_source=_links_source(item, fail),
+        **{field: _link_rate(item.get(field), fail, field) for field in _LINK_RANGES_GBS},
     )
     return Entry(spec, _patterns(item["match"], fail))
+
+
+def _link_rate(value: object, fail, field: str) -> float | None:
+    """An interconnect figure in GB/s per GPU and direction, or None; implausible values refused."""
+    rate = _optional_positive(value, fail, field)
+    low, high = _LINK_RANGES_GBS[field]
+    if rate is not None and not low <= rate <= high:
+        raise fail(field, f"{rate} is not a plausible GB/s figure per direction ({low:g}..{high:g}; "
+                          "Gb/s must be divided by 8, bidirectional figures by 2)")
+    return rate
+
+
+def _links_source(item: dict, fail) -> str:
+    """The URLs (space-separated) the link figures come from: required with a figure, refused without."""
+    text = item.get("links_source") or ""
+    has_figure = any(item.get(field) is not None for field in _LINK_RANGES_GBS)
+    if not isinstance(text, str):
+        raise fail("links_source", "must be a string of URLs separated by spaces")
+    if has_figure and not text.strip():
+        raise fail("links_source", "missing: nvlink_gbs or network_gbs needs the URL it comes from")
+    if text.strip() and not has_figure:
+        raise fail("links_source", "given without nvlink_gbs or network_gbs")
+    for url in text.split():
+        if not url.startswith(("https://", "http://")):
+            raise fail("links_source", f"must be URLs separated by spaces (got {url!r})")
+    return " ".join(text.split())
 
 
 def _peaks(raw: object, fail) -> dict[str, float]:

@@ -47,10 +47,20 @@ def _describe(spec: PeakSpec, facts: DeviceFacts) -> list[str]:
         bandwidth_line = f"bandwidth:       {spec.bandwidth_tbs:g} TB/s"
     else:
         bandwidth_line = "bandwidth:       none; MBU stays empty"
-    lines = [peak_line, bandwidth_line]
+    lines = [peak_line, bandwidth_line, _links_line(spec)]
     if spec.origin == "datasheet":
         device, boost = facts.max_sm_clock_mhz, spec.boost_mhz
         clocks = f"device max SM {f'{device} MHz' if device else 'unknown'}; "
         clocks += f"datasheet boost {f'{boost} MHz' if boost else 'unpublished'}"
         lines.append(f"clocks:          {clocks}")
-    return lines + [f"source:          {spec.source}"]
+    lines.append(f"source:          {spec.source}")
+    return lines + ([f"links source:    {spec.links_source}"] if spec.links_source else [])
+
+
+def _links_line(spec: PeakSpec) -> str:
+    """The interconnect figures link_util is measured against, per GPU and direction."""
+    if spec.nvlink_gbs is None and spec.network_gbs is None:
+        return "links:           none known; link_util has no denominator"
+    shown = [f"{name} {f'{value:g} GB/s' if value is not None else 'unknown'}"
+             for name, value in (("NVLink", spec.nvlink_gbs), ("network", spec.network_gbs))]
+    return f"links:           {', '.join(shown)} (per GPU and direction)"
