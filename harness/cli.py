@@ -37,7 +37,7 @@ EXIT_USAGE = 2
 PLAN_SUMMARY_OVER = 60  # more planned cases than this: a grouped summary, not every case
 # Modules that each add one subcommand: a module-level `add_command(subparsers)` registers a parser
 # whose `command` default is a function (args, console) -> exit code.
-COMMAND_MODULES: list[str] = ["harness.hardware.ceilings", "harness.present.compare", "harness.present.history", "harness.present.report", "harness.present.export",
+COMMAND_MODULES: list[str] = ["harness.hardware.ceilings", "harness.present.compare.command", "harness.present.history", "harness.present.report", "harness.present.export",
                                "harness.present.claims", "harness.checkup"]
 
 
@@ -437,8 +437,12 @@ def _gpu_entry(spec: specs.PeakSpec) -> tables.Table:
                 for k, v in spec.peaks_tflops.items()]
     figures += [("memory bandwidth TB/s", fmt_number(spec.bandwidth_tbs)), ("memory GB", fmt_number(spec.memory_gb)),
                 ("SMs", fmt_number(spec.sms)), ("boost clock MHz", fmt_number(spec.boost_mhz)),
-                ("L2 MB", fmt_number(spec.l2_mb))]
-    notes = [f"source: {spec.source}"] + ([f"notes: {spec.notes}"] if spec.notes else [])
+                ("L2 MB", fmt_number(spec.l2_mb)),
+                # per GPU and direction, comparable to nccl-tests' busbw (gpus.yaml's header)
+                ("NVLink GB/s per direction", fmt_number(spec.nvlink_gbs)),
+                ("network GB/s per direction", fmt_number(spec.network_gbs))]
+    notes = [f"source: {spec.source}"] + ([f"links source: {spec.links_source}"] if spec.links_source else [])
+    notes += [f"notes: {spec.notes}"] if spec.notes else []
     return tables.Table(f"{spec.key}: {spec.name}", ["figure", "value"],
                         [[k, v] for k, v in figures if v], notes)
 

@@ -114,6 +114,28 @@ def test_gpus_lists_the_table_and_detect_explains(tmp_path):
     assert r.returncode == 0 and "No CUDA GPU" in r.stdout
 
 
+def test_gpu_entry_shows_link_figures_and_their_source():
+    from harness import cli
+
+    table = cli._gpu_entry(specs.lookup("h100-sxm"))
+    figures = dict(table.rows)
+    assert figures["NVLink GB/s per direction"] == "450" and figures["network GB/s per direction"] == "50"
+    assert any(n.startswith("links source: https://developer.nvidia.com/") for n in table.notes)
+    unlinked = cli._gpu_entry(specs.lookup("l4"))
+    assert not any("GB/s per direction" in figure for figure, _ in unlinked.rows)  # unknown: not shown
+    assert not any(n.startswith("links source") for n in unlinked.notes)
+
+
+def test_gpus_key_json_carries_the_link_fields(capsys):
+    from harness import cli
+    import json
+
+    assert cli.main(["gpus", "b200", "--format", "json"]) == 0
+    entry = json.loads(capsys.readouterr().out)
+    entry = entry[0] if isinstance(entry, list) else entry
+    assert (entry["nvlink_gbs"], entry["network_gbs"]) == (900, 50) and entry["links_source"].startswith("https://")
+
+
 @pytest.mark.slow
 def test_ctrl_c_writes_what_finished_and_exits_non_zero(tmp_path):
     three = suite_file(tmp_path, TINY.replace("dtype: [fp32, bf16]", "dtype: [fp32, bf16, fp16]"), "three")

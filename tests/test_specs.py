@@ -1,8 +1,9 @@
-"""Tests for harness/hardware/specs.py: the datasheet table, name matching, lookup and derivation."""
+"""Tests for harness/hardware/specs/: the datasheet table, name matching, lookup, derivation, resolve and explain."""
 
 import pytest
 
 from harness.hardware import specs
+from harness.hardware.specs import derivation, gpu_table, name_matching
 from harness.measure.dtype_names import PEAK_KEYS
 from harness.hardware.device import DeviceFacts
 
@@ -55,7 +56,7 @@ def hopper_like(**overrides) -> DeviceFacts:
 
 @pytest.mark.parametrize("reported, key", REPORTED)
 def test_reported_names_match_their_entry(reported, key):
-    spec = specs.match(reported)
+    spec = name_matching.match(reported)
     assert spec is not None and spec.key == key
     assert spec.origin == "datasheet"
     assert reported in spec.reason and "/" in spec.reason
@@ -64,7 +65,7 @@ def test_reported_names_match_their_entry(reported, key):
 @pytest.mark.parametrize("reported, key", REPORTED)
 def test_matching_ignores_case_separators_and_spacing(reported, key):
     mangled = "  " + reported.upper().replace(" ", "__").replace("-", " - ") + " "
-    assert specs.match(mangled).key == key
+    assert name_matching.match(mangled).key == key
 
 
 @pytest.mark.parametrize(
@@ -84,7 +85,7 @@ def test_matching_ignores_case_separators_and_spacing(reported, key):
     ],
 )
 def test_near_misses_do_not_cross(reported, key):
-    assert specs.match(reported).key == key
+    assert name_matching.match(reported).key == key
 
 
 @pytest.mark.parametrize(
@@ -103,13 +104,13 @@ def test_near_misses_do_not_cross(reported, key):
     ],
 )
 def test_unknown_or_ambiguous_names_match_nothing(reported):
-    assert specs.match(reported) is None
+    assert name_matching.match(reported) is None
 
 
 def test_normalize_name():
-    assert specs.normalize_name("NVIDIA A100-SXM4-80GB") == "a100 sxm4 80gb"
-    assert specs.normalize_name("AMD  Instinct_MI300X ") == "instinct mi300x"
-    assert specs.normalize_name("nvidia") == "nvidia"
+    assert gpu_table.normalize_name("NVIDIA A100-SXM4-80GB") == "a100 sxm4 80gb"
+    assert gpu_table.normalize_name("AMD  Instinct_MI300X ") == "instinct mi300x"
+    assert gpu_table.normalize_name("nvidia") == "nvidia"
 
 
 # ------------------------------------------------------------------------------ lookup
@@ -211,20 +212,20 @@ GOOD_ENTRY = dict(
 def test_broken_entries_name_entry_and_field(field, value, message):
     entry = dict(GOOD_ENTRY, **{field: value})
     with pytest.raises(ValueError, match=r"^gpus\.yaml entry 0 \((test-gpu|Test GPU)\): ") as err:
-        specs._parse([entry])
+        gpu_table.parse([entry])
     assert message in str(err.value)
 
 
 def test_duplicate_keys_are_rejected():
     with pytest.raises(ValueError, match="repeats entry 0"):
-        specs._parse([GOOD_ENTRY, dict(GOOD_ENTRY, name="Other")])
+        gpu_table.parse([GOOD_ENTRY, dict(GOOD_ENTRY, name="Other")])
 
 
 # ------------------------------------------------------------------------------ derivation
 
 
 def test_derive_hopper_like_reproduces_datasheet():
-    spec = specs.derive(hopper_like())
+    spec = derivation.derive(hopper_like())
     assert spec.origin == "derived"
     assert spec.peaks_tflops["bf16"] == pytest.approx(989, rel=0.002)
     assert spec.peaks_tflops["fp8"] == pytest.approx(1979, rel=0.002)
@@ -249,13 +250,13 @@ def test_derive_hopper_like_reproduces_datasheet():
 def test_per_sm_rates_reproduce_known_datasheets(key, cc, clock_mhz, dtypes):
     sheet = specs.lookup(key)
     facts = hopper_like(compute_capability=cc, sm_count=sheet.sms, max_sm_clock_mhz=clock_mhz)
-    derived = specs.derive(facts).peaks_tflops
+    derived = derivation.derive(facts).peaks_tflops
     for dtype in dtypes:
         assert derived[dtype] == pytest.approx(sheet.peaks_tflops[dtype], rel=0.025), dtype
 
 
 def test_derive_with_missing_facts_leaves_values_empty():
-    spec = specs.derive(hopper_like(max_sm_clock_mhz=None, memory_bus_width_bits=None,
+    spec = derivation.derive(hopper_like(max_sm_clock_mhz=None, memory_bus_width_bits=None,
                                     total_memory_bytes=None, l2_bytes=None))
     assert spec.peaks_tflops == {} and spec.peak_flops("bf16") is None
     assert spec.bandwidth_tbs is None and spec.bandwidth_bytes is None
@@ -264,15 +265,15 @@ def test_derive_with_missing_facts_leaves_values_empty():
 
 
 def test_derive_unknown_architecture_gives_no_peaks_but_bandwidth():
-    spec = specs.derive(hopper_like(compute_capability=(7, 5)))
+    spec = derivation.derive(hopper_like(compute_capability=(7, 5)))
     assert spec.peaks_tflops == {}
     assert "7.5" in spec.reason
     assert spec.bandwidth_tbs == pytest.approx(3.35, rel=0.002)
 
 
 def test_derive_only_for_nvidia_gpus():
-    assert specs.derive(hopper_like(vendor="amd")) is None
-    assert specs.derive(DeviceFacts(kind="cpu", name="Some CPU")) is None
+    assert derivation.derive(hopper_like(vendor="amd")) is None
+    assert derivation.derive(DeviceFacts(kind="cpu", name="Some CPU")) is None
 
 
 # ------------------------------------------------------------------------------ resolve, explain
@@ -303,3 +304,86 @@ def test_explain_derived_and_underivable_devices():
     assert "table entry:     none" in text and "132 SMs x 1830 MHz" in text and "bf16 989.4" in text
     amd = "\n".join(specs.explain(hopper_like(name="AMD Instinct MI999", vendor="amd")))
     assert "MFU and MBU stay empty" in amd
+
+
+# ------------------------------------------------------------------------------ links (NVLink, network)
+
+
+@pytest.mark.parametrize(
+    "key, nvlink, network",
+    [
+        ("h100-sxm", 450, 50),  # NVLink 4: 900 GB/s bidirectional; one 400 Gb/s NIC per GPU
+        ("h200-sxm", 450, 50),
+        ("a100-sxm-80gb", 300, 25),  # NVLink 3: 600 bidirectional; 200 Gb/s HDR per GPU
+        ("a100-sxm-40gb", 300, 25),
+        ("b200", 900, 50),  # NVLink 5: 1800 bidirectional
+        ("gb200", 900, None),
+        ("h800-sxm", 200, None),
+        ("h20", 450, None),
+    ],
+)
+def test_link_figures_are_per_direction_with_their_source(key, nvlink, network):
+    spec = specs.lookup(key)
+    assert (spec.nvlink_gbs, spec.network_gbs) == (nvlink, network)
+    assert spec.links_source and all(url.startswith("https://") for url in spec.links_source.split())
+
+
+def test_parts_without_an_nvlink_switch_have_no_nvlink_figure_and_say_why():
+    for key in ("h100-pcie", "h100-nvl", "h200-nvl", "a100-pcie-80gb", "a100-pcie-40gb",
+                "a10", "l40s", "l40", "l4", "rtx-4090"):
+        spec = specs.lookup(key)
+        assert spec.nvlink_gbs is None and spec.network_gbs is None and spec.links_source == "", key
+        assert "nvlink_gbs" in spec.notes, key
+
+
+def test_every_link_figure_is_sourced_and_within_its_range():
+    for spec in specs.table():
+        if spec.nvlink_gbs is not None or spec.network_gbs is not None:
+            assert spec.links_source.startswith("https://"), spec.key
+        assert spec.nvlink_gbs is None or 100 <= spec.nvlink_gbs <= 900, spec.key
+        assert spec.network_gbs is None or 25 <= spec.network_gbs <= 50, spec.key
+
+
+LINKED_ENTRY = dict(GOOD_ENTRY, nvlink_gbs=450, network_gbs=50,
+                    links_source="https://example.com/nvlink  https://example.com/nic")
+
+
+def test_link_fields_parse_and_sources_are_normalised():
+    spec = gpu_table.parse([LINKED_ENTRY])[0].spec
+    assert (spec.nvlink_gbs, spec.network_gbs) == (450, 50)
+    assert spec.links_source == "https://example.com/nvlink https://example.com/nic"
+    assert spec.to_dict()["nvlink_gbs"] == 450
+    bare = gpu_table.parse([GOOD_ENTRY])[0].spec
+    assert (bare.nvlink_gbs, bare.network_gbs, bare.links_source) == (None, None, "")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(network_gbs=400), "network_gbs: 400 is not a plausible GB/s"),  # 400 Gb/s written as GB/s
+        (dict(nvlink_gbs=3600), "nvlink_gbs: 3600 is not a plausible GB/s"),  # 450 GB/s in Gb/s
+        (dict(nvlink_gbs=0.45), "nvlink_gbs: 0.45 is not a plausible GB/s"),  # TB/s
+        (dict(nvlink_gbs=-1), "nvlink_gbs: must be a positive number"),
+        (dict(network_gbs="50"), "network_gbs: must be a positive number"),
+        (dict(links_source=None), "links_source: missing"),
+        (dict(links_source="NVIDIA datasheet"), "links_source: must be URLs"),
+        (dict(links_source=["https://example.com"]), "links_source: must be a string"),
+        (dict(nvlink_gbs=None, network_gbs=None), "links_source: given without"),
+    ],
+)
+def test_broken_link_fields_name_entry_and_field(changes, message):
+    entry = dict(LINKED_ENTRY, **changes)
+    with pytest.raises(ValueError, match=r"^gpus\.yaml entry 0 \(test-gpu\): ") as err:
+        gpu_table.parse([entry])
+    assert message in str(err.value)
+
+
+def test_explain_shows_links_or_their_absence():
+    text = "\n".join(specs.explain(hopper_like(name="NVIDIA H100 80GB HBM3")))
+    assert "links:           NVLink 450 GB/s, network 50 GB/s (per GPU and direction)" in text
+    assert "links source:    https://" in text
+    h20 = "\n".join(specs.explain(hopper_like(name="NVIDIA H20")))
+    assert "NVLink 450 GB/s, network unknown" in h20
+    for unlinked in (hopper_like(name="NVIDIA L4"), hopper_like()):  # a PCIe part; a derived spec
+        text = "\n".join(specs.explain(unlinked))
+        assert "links:           none known" in text and "links source" not in text

@@ -16,7 +16,8 @@ of its run (ceilings.rerate), so a finished run's mfu_ceiling never exceeds 1. W
 
 from __future__ import annotations
 
-from harness.hardware.specs import ARCH_RATES, PeakSpec
+from harness.hardware.specs import PeakSpec
+from harness.hardware.specs.derivation import ARCH_RATES
 from harness.measure import telemetry
 
 
@@ -143,7 +144,7 @@ def sanity(row: dict, spec: PeakSpec | None, *, peak_key: str | None = None, fac
 # = mfu x peak_clock / sm_clock, with sm_clock the median SM clock NVML saw while the case was
 # timed: the share of what the chip could do at the clock it actually ran. A low mfu with a high
 # mfu_at_clock is the card slowing down; low both, the kernel. peak_clock is the clock the peak
-# assumes: peak / (SMs x dense FLOPs per SM per clock of the architecture, specs.ARCH_RATES) where
+# assumes: peak / (SMs x dense FLOPs per SM per clock of the architecture, specs/derivation.py) where
 # that lands within 80-102% of the boost clock (H100/H200 bf16: 989.5 TFLOPS / (132 x 4096) = 1830
 # MHz, below the 1980 MHz boost); else the table's boost_mhz; else NVML's max SM clock. (GeForce
 # parts quote half-rate tensor peaks, so their implied clock falls out of range and boost is used.)

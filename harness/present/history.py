@@ -25,7 +25,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.present import compare, roofline, tables, verdict
+from harness.present import roofline, tables, verdict
+from harness.present.compare.command import FORMATS, fraction
 from harness.present.ratios import speedup
 from harness.present.tables import Table
 from harness.store import runs
@@ -69,9 +70,9 @@ def add_command(sub) -> None:
     p.add_argument("paths", nargs="+", metavar="DIR",
                    help="run directory, pytest-benchmark JSON file, or a directory holding run directories")
     p.add_argument("--by", choices=BY, default="time", help="order runs by start time or a software version")
-    p.add_argument("--threshold", type=compare.fraction, default=verdict.THRESHOLD,
+    p.add_argument("--threshold", type=fraction, default=verdict.THRESHOLD,
                    help="smallest level change that is a step, e.g. 5%% (default 5%%)")
-    p.add_argument("--format", choices=compare.FORMATS,
+    p.add_argument("--format", choices=FORMATS,
                    help="default: console on a terminal (fitted to its width), md in a pipe or log")
     p.add_argument("--plot", type=Path, default=Path("history.png"), metavar="FILE",
                    help="the chart, PNG (an SVG is written beside it; default history.png)")

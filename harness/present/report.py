@@ -3,10 +3,11 @@
 Written into the run directory (or `--out DIR`): report.md, report.html (tables and the roofline
 chart inlined as SVG: one file to mail or attach), roofline.png and roofline.svg. The content:
 device, peaks and measured ceilings, software, case counts; the roofline chart; the backends side
-by side with speedups and geometric means (harness/present/compare.py); every case (harness/present/summary.py),
-with each case's reason (suspect, skipped, ...) listed under its table rather than in a column,
-and the parameter columns that hold one value in every row said once in a note; for a distributed
-run, one row per case pooled over its ranks and the ranks table (harness/present/ranks.py). In the HTML,
+by side with speedups and geometric means (harness/present/compare/within_run.py); every case
+(harness/present/summary.py), with each case's reason (suspect, skipped, ...) listed under its table
+rather than in a column, and the parameter columns that hold one value in every row said once in a
+note; for a distributed run, one row per case pooled over its ranks and the ranks table
+(harness/present/ranks.py). In the HTML,
 each roofline point shows its case on hover; the tables fit a 1280 px window
 (tests/test_browser.py checks this in headless Chromium).
 
@@ -26,7 +27,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness.errors import UsageError
-from harness.present import compare, ranks, roofline, summary, tables
+from harness.present import ranks, roofline, summary, tables
+from harness.present.compare import within_run
 from harness.present.tables import Table
 from harness.store import ids, runs
 
@@ -123,7 +125,7 @@ def _chart_note(run: runs.Run) -> str:
 
 
 def _sections(run: runs.Run) -> list[Table]:
-    side_by_side = compare.single(run).tables
+    side_by_side = within_run.single(run).tables
     rows = ranks.by_case(run.rows)  # one row per case
     every = []
     for wl in dict.fromkeys(r["workload"] for r in rows):
