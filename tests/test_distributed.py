@@ -12,7 +12,7 @@ import pytest
 import torch.distributed as dist
 from conftest import QUICK, mfu, rows, suite_file
 
-from harness.distributed import group
+from harness.distributed import group, reasons
 from harness.distributed.launch import Launch, World
 from harness.measure import faults
 from harness.measure.timing import Timer, TimingSettings
@@ -164,7 +164,7 @@ def test_a_rank_that_never_comes_is_named_at_the_deadline_and_the_group_is_broke
     assert 1.4 < time.monotonic() - started < 10
     assert all(isinstance(e, group.RanksMissing) and e.missing == [2] for e in got)
     assert "rank 2 did not reach the check before timing" in str(got[0])
-    assert ranks[0].broken and group.blames_another_rank(f"RanksMissing: {got[0]}")
+    assert ranks[0].broken and reasons.blames_another_rank(f"RanksMissing: {got[0]}")
 
 
 def test_a_rank_marked_gone_stops_the_wait_at_once():
@@ -214,7 +214,7 @@ def test_rank_zero_records_every_rank_of_a_single_gpu_case_and_one_row_of_a_coll
     try:
         coll = Case("_collective_test", "torch", "fp32", ())
         assert _recorded(coll, gathered) == [(row(1, ms=2.0), [2.0])]  # timed by its slowest rank
-        failed = [(row(0, "error", None, f"{group.NOT_TIMED} 1 was error (boom)"), []),
+        failed = [(row(0, "error", None, f"{reasons.NOT_TIMED} 1 was error (boom)"), []),
                   (row(1, "error", None, "RuntimeError: boom"), [])]
         [(kept, _)] = _recorded(coll, failed)
         assert kept["rank"] == 1 and kept["reason"] == "rank 1: RuntimeError: boom"
@@ -242,3 +242,34 @@ def test_a_single_process_run_has_its_placement_on_every_row(tmp_path):
     assert {(r["rank"], r["local_rank"], r["world_size"]) for r in found} == {("0", "0", "1")}
     assert json.loads((tmp_path / "one" / "meta.json").read_text())["world_size"] == 1
     assert os.environ.get("RANK") is None
+
+
+def _two_rank_run(path, slow_rank_ms: float):
+    """A run directory of 2 ranks and one gemm case, as rank 0 writes it."""
+    from harness.store.results import RunDir
+
+    run = RunDir(path)
+    run.write_meta({"suite": "pair", "started": str(path), "device": {"name": "GPU"}, "world_size": 2})
+    for rank, ms in ((0, 1.0), (1, slow_rank_ms)):
+        run.append({"case_id": "gemm:fp32:m=8,n=8,k=8:torch", "workload": "gemm", "backend": "torch",
+                    "dtype": "fp32", "m": 8, "n": 8, "k": 8, "status": "ok", "time_ms": ms, "tflops": 1 / ms,
+                    "rank": rank, "local_rank": rank, "host": "a", "world_size": 2})
+        run.append_samples("gemm:fp32:m=8,n=8,k=8:torch", [ms] * 20, None, rank)
+    return path
+
+
+def test_compare_and_history_read_distributed_runs_pooled_per_case_or_rank_by_rank(tmp_path):
+    a = _two_rank_run(tmp_path / "a", 1.0)
+    b = _two_rank_run(tmp_path / "b", 2.0)  # rank 1 twice as slow in B, rank 0 the same
+    pooled = mfu("compare", a, b, "--format", "json")
+    assert pooled.returncode == 0, pooled.stderr
+    [record] = json.loads(pooled.stdout)["cases"]
+    assert (record["time_ms_ref"], record["time_ms_run"]) == (1.0, 1.5)  # the median over the 2 ranks
+    per_rank = mfu("compare", a, b, "--by", "rank", "--format", "md")
+    assert per_rank.returncode == 0, per_rank.stderr
+    assert "rank 0: gemm" in per_rank.stdout and "rank 1: gemm" in per_rank.stdout
+    rank1 = per_rank.stdout.split("rank 1: gemm")[1]
+    assert "slower" in rank1 and "slower" not in per_rank.stdout.split("rank 1: gemm")[0].split("rank 0: gemm")[1]
+    history = mfu("history", a, b, "--ranks", "rank", "--format", "md", "--plot", tmp_path / "h.png")
+    assert history.returncode == 0, history.stderr
+    assert "GPU rank 0" in history.stdout and "GPU rank 1" in history.stdout

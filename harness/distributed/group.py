@@ -27,6 +27,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from harness.distributed import reasons
 from harness.distributed.launch import SOLO, Launch, World
 
 STORE_PREFIX = "mfu"
@@ -44,16 +45,10 @@ def ensure(device: str) -> None:
         dist.init_process_group(backend_for(device), store=dist.HashStore(), rank=0, world_size=1)
 
 
-NOT_TIMED = "not timed: rank"  # how a ready rank's row begins when another rank was not ready
-
-
-def blames_another_rank(reason: str | None) -> bool:
-    """Whether a row failed because of another rank (so that rank's own row says why)."""
-    return bool(reason) and (reason.startswith(NOT_TIMED) or reason.startswith(RanksMissing.__name__))
-
-
 class RanksMissing(RuntimeError):
     """Some ranks did not reach an exchange before the case's deadline."""
+
+    assert reasons.MISSING == "RanksMissing"  # rows name the exception class; readers look for it
 
     def __init__(self, what: str, missing: list[int], waited_s: float, gone: bool = False):
         names = ", ".join(map(str, missing))

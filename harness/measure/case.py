@@ -19,7 +19,7 @@ import torch
 
 from harness import backends, workloads
 from harness.hardware import ceilings, specs
-from harness.distributed import group
+from harness.distributed import group, reasons
 from harness.distributed.group import Ranks
 from harness.distributed.launch import SOLO, World
 from harness.hardware.device import DeviceFacts, detect
@@ -149,7 +149,7 @@ def _agree(ranks, verdict: dict) -> dict:
     r, v = others[0]
     more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
     status = "skipped" if all(v["status"] == "skipped" for _, v in others) else "error"
-    return {"status": status, "reason": f"{group.NOT_TIMED} {r}{more} was {v['status']} ({v['reason']})"}
+    return {"status": status, "reason": f"{reasons.NOT_TIMED} {r}{more} was {v['status']} ({v['reason']})"}
 
 
 def finish_row(row: dict, samples_ms: list[float], case: Case, ctx: Context) -> dict:

@@ -30,7 +30,7 @@ from rich.progress import (
 )
 
 from harness import workloads
-from harness.distributed import group
+from harness.distributed import group, reasons
 from harness.distributed.control import Control, ControlLost
 from harness.errors import UsageError
 from harness.hardware import ceilings, environment
@@ -181,7 +181,7 @@ def _recorded(case: Case, gathered: list[tuple[dict, list[float]]]) -> list[tupl
         return gathered
     failed = [(row, s) for row, s in gathered if row["status"] not in ("ok", "suspect")]
     if failed:
-        own = [(row, s) for row, s in failed if not group.blames_another_rank(row.get("reason"))]
+        own = [(row, s) for row, s in failed if not reasons.blames_another_rank(row.get("reason"))]
         row, samples = (own or failed)[0]
         if f"rank {row['rank']}" not in (row.get("reason") or ""):
             row = {**row, "reason": f"rank {row['rank']}: {row.get('reason')}"}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.present import roofline, tables, verdict
+from harness.present import ranks, roofline, tables, verdict
 from harness.present.compare.command import FORMATS, fraction
 from harness.present.ratios import speedup
 from harness.present.tables import Table
@@ -70,6 +70,9 @@ def add_command(sub) -> None:
     p.add_argument("paths", nargs="+", metavar="DIR",
                    help="run directory, pytest-benchmark JSON file, or a directory holding run directories")
     p.add_argument("--by", choices=BY, default="time", help="order runs by start time or a software version")
+    p.add_argument("--ranks", choices=ranks.PER, default="case",
+                   help="runs on several GPUs: each case pooled over its ranks (the median; default), or a "
+                        "history per rank")
     p.add_argument("--threshold", type=fraction, default=verdict.THRESHOLD,
                    help="smallest level change that is a step, e.g. 5%% (default 5%%)")
     p.add_argument("--format", choices=FORMATS,
@@ -80,7 +83,7 @@ def add_command(sub) -> None:
 
 
 def _command(args, console: Console) -> int:
-    histories = build(runs.find(args.paths), args.by, args.threshold)
+    histories = build(runs.find(args.paths), args.by, args.threshold, args.ranks)
     fmt = tables.output_format(args.format)
     render(histories, fmt, console)
     for h in histories:
@@ -90,11 +93,15 @@ def _command(args, console: Console) -> int:
     return 0
 
 
-def build(found: list[Run], by: str = "time", threshold: float = verdict.THRESHOLD) -> list[History]:
-    """One history per device model (a step between two GPUs is not a software step)."""
+def build(found: list[Run], by: str = "time", threshold: float = verdict.THRESHOLD,
+          per: str = "case") -> list[History]:
+    """One history per device model (a step between two GPUs is not a software step), and with
+    per="rank" per rank of distributed runs; otherwise their ranks are pooled per case."""
     by_device: dict[str, list[Run]] = {}
     for run in order(found):
-        by_device.setdefault(run.device_name, []).append(run)
+        for rank, view in ranks.views(run, per):
+            device = run.device_name if rank is None else f"{run.device_name} rank {rank}"
+            by_device.setdefault(device, []).append(view)
     out = []
     for device, group in by_device.items():
         ordered = order(group, by)

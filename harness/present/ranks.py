@@ -7,6 +7,7 @@ several rows is a single-GPU case seen from each rank.
 
 mark_stragglers  each rank's time against its case's median (`vs_median`) and the `straggler` flag
 by_case          the ranks of each case pooled into one row (the summary, `mfu compare --by case`)
+views            a run as compare and history read it: per case (pooled) or one view per rank
 table            the summary's ranks table: per case the median, the slowest rank, the spread and
                  the stragglers, with one line per straggler naming its GPU, clock, power and
                  throttle reasons below it
@@ -16,8 +17,10 @@ No torch here: readers of a run directory use this without it.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
+from harness.distributed import reasons
 from harness.present.tables import Footnotes, Table
 from harness.store import columns
 
@@ -29,6 +32,27 @@ PER_RANK = ("rank", "local_rank", "vs_median", "straggler")  # meaningless on a 
 def distributed(rows: list[dict]) -> bool:
     """Whether the rows come from a run of more than one rank."""
     return any((r.get("world_size") or 1) > 1 for r in rows)
+
+
+PER = ("case", "rank")  # how `mfu compare --by` and `mfu history --ranks` read a distributed run
+
+
+def views(run, per: str = "case") -> list[tuple[int | None, object]]:
+    """(rank, run) pairs as compare and history read a run (harness/store/runs.Run): a run of one
+    rank as it is; a distributed run with one row per case pooled over its ranks (per="case"), or
+    one view per rank with that rank's rows and samples (per="rank"; a collective's one row is in
+    the view of the rank that timed it)."""
+    if not distributed(run.rows):
+        return [(None, run)]
+    if per == "case":
+        return [(None, dataclasses.replace(run, rows=by_case(run.rows)))]
+    from harness.store.results import RunDir
+
+    samples = RunDir(run.path).samples(by_rank=True) if run.path.is_dir() else {}
+    found = sorted({r["rank"] for r in run.rows if r.get("rank") is not None})
+    return [(rank, dataclasses.replace(run, rows=[r for r in run.rows if r.get("rank") == rank],
+                                       samples={cid: s for (cid, k), s in samples.items() if k == rank}))
+            for rank in found]
 
 
 def mark_stragglers(rows: list[dict], threshold: float = DEFAULT_THRESHOLD) -> list[dict]:
@@ -70,7 +94,8 @@ def by_case(rows: list[dict], threshold: float = DEFAULT_THRESHOLD) -> list[dict
 
 def _pooled(case: list[dict]) -> dict:
     """The rank rows of one case as one row (see by_case)."""
-    worst = min(case, key=lambda r: columns.WORST_FIRST.index(r["status"]))  # the first of the worst
+    # The first of the worst, preferring a rank that failed on its own over one that says which did.
+    worst = min(case, key=lambda r: (columns.WORST_FIRST.index(r["status"]), reasons.blames_another_rank(r.get("reason"))))
     timed = _timed(case)
     row = {**worst, **dict.fromkeys(PER_RANK)}
     hosts = {r.get("host") for r in case}

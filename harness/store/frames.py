@@ -75,7 +75,7 @@ def read_run_dir(run_dir: RunDir, meta: dict) -> tuple[list[dict], Schema]:
     elif journal:
         if problem:
             _warn(f"{table_path}: {problem}; read the rows from {run_dir.cases_file.name} instead")
-        rows = list({r["case_id"]: r for r in journal}.values())
+        rows = list({(r["case_id"], r.get("rank", 0)): r for r in journal}.values())  # the last pass
         header = list(dict.fromkeys(k for r in journal for k in r))
     elif problem:
         raise UsageError(f"{table_path}: {problem}, and {run_dir.cases_file.name} has no rows to rebuild it from")
