@@ -79,25 +79,39 @@ EXIT_FILE = "MFU_EXIT_FILE"  # where the ranks of `--nproc` leave the run's exit
 
 def run_torchrun(nproc: int, argv: list[str]) -> int:
     """Run torchrun and return the run's exit code. The ranks it starts exit 0 when they finished
-    and leave the run's code (1 when a case failed) in EXIT_FILE: torchrun reports any other exit
-    as a crash of the job, with a traceback. Ctrl-C reaches torchrun and the ranks from the
-    terminal; SIGTERM sent to this process alone is passed on, so the ranks write what finished."""
+    and leave the run's code (1 when a case failed, 130 when interrupted) in EXIT_FILE: torchrun
+    reports any other exit, and any signal it gets itself, as a crash of the job, with a traceback.
+    So torchrun runs in a session of its own, and Ctrl-C or SIGTERM here is passed to the ranks
+    alone: they write what finished and exit, and torchrun ends quietly."""
     with tempfile.TemporaryDirectory(prefix="mfu-") as tmp:
         exit_file = Path(tmp) / "exit"
-        proc = subprocess.Popen(torchrun_command(nproc, argv), env={**os.environ, EXIT_FILE: str(exit_file)})
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
-        try:
-            while True:
+        proc = subprocess.Popen(torchrun_command(nproc, argv), env={**os.environ, EXIT_FILE: str(exit_file)},
+                                start_new_session=True)
+
+        def stop(signum, frame):
+            for pid in _children(proc.pid) or [proc.pid]:
                 try:
-                    code = proc.wait()
-                    break
-                except KeyboardInterrupt:
-                    continue  # torchrun got the same Ctrl-C and stops the ranks; wait for it
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = proc.wait()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         if code == 0 and exit_file.is_file():
             return int(exit_file.read_text())
         return code
+
+
+def _children(pid: int) -> list[int]:
+    """A process's children (Linux /proc); [] where that cannot be read."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
 
 
 def finish(code: int, writes: bool) -> int:
