@@ -18,7 +18,7 @@ from harness.distributed import group
 from harness.hardware.device import DeviceFacts
 from harness.measure.dtypes import DType
 from harness.workloads.comm import placement
-from harness.workloads.comm_model import REDUCTIONS, SPLIT_OPS
+from harness.workloads.comm_model import REDUCTIONS, size_problem
 
 # torch 2.10+ names them *_single and deprecates *_into_tensor / *_tensor; older releases have only those.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -39,12 +39,7 @@ def _unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
     if dtype.name == "fp8" and op in REDUCTIONS:
         return ("fp8 sums are not measured: NCCL adds fp8 only from 2.24 and on sm90+, torch's use of it is "
                 "unverified here, and gloo has none (fp8 runs in the data-movement ops)")
-    if size % dtype.size:
-        return f"size must be a multiple of the {dtype.name} element ({dtype.size} B), got {size}"
-    if op in SPLIT_OPS and size % (n * dtype.size):
-        return (f"{op} splits the array over {n} ranks: size must be a multiple of {n} x {dtype.size} B "
-                f"= {n * dtype.size} B, got {size}")
-    return None
+    return size_problem(op, size, dtype.size, n)
 
 
 def _build(inputs: dict, p: dict, dtype: DType):

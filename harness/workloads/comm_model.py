@@ -35,6 +35,17 @@ SPLIT_OPS = ("all_gather", "reduce_scatter", "all_to_all")  # size is split into
 REDUCTIONS = ("all_reduce", "reduce_scatter")  # ops that add, rather than move, values
 
 
+def size_problem(op: str, size: int, element: int, n: int) -> str | None:
+    """Why an array of `size` bytes of `element`-byte values cannot be run over n ranks, or None:
+    every rank holds whole elements, and the ops that split the array need n equal chunks."""
+    if size % element:
+        return f"size must be a multiple of the element size ({element} B), got {size}"
+    if op in SPLIT_OPS and size % (n * element):
+        return (f"{op} splits the array over {n} ranks: size must be a multiple of {n} x {element} B "
+                f"= {n * element} B, got {size}")
+    return None
+
+
 def bus_factor(op: str, n: int) -> float:
     """nccl-tests' busbw / algbw for `op` over n ranks (doc/PERFORMANCE.md)."""
     if op == "all_reduce":
