@@ -189,17 +189,32 @@ def test_one_rank_runs_each_op_checked_and_a_flipped_bit_fails(op, dtype, own_gr
             assert result["unwritten"] and "element 0 is" in result["unwritten"]
 
 
+@pytest.mark.parametrize("op", ["all_reduce", "all_to_all", "broadcast"])
+def test_the_check_in_uneven_chunks_still_finds_the_last_element(op, own_group, monkeypatch):
+    monkeypatch.setattr(comm, "CHUNK", 7)
+    result = _run_and_check(op, "fp32", 96)  # 24 elements: chunks of 7, 7, 7 and 3
+    assert result["check"] is None
+    assert "element 23 is" in result["corrupted"] and "among elements 21-23 of 24" in result["corrupted"]
+
+
 def test_a_wrong_output_shape_is_named(own_group):
     p, d = {"op": "all_gather", "size": 64, "label": ""}, DTYPES["fp32"]
     inputs = COMM.make_inputs(p, d, "cpu", torch.Generator().manual_seed(1))
     assert COMM.check(inputs, inputs["out"][:8], p, d) == "all_gather: output is 8 torch.float32, expected 16 torch.float32"
 
 
-def test_memory_is_send_and_output_and_one_check_chunk():
+def test_memory_is_send_and_output_and_one_chunk_of_temporaries():
     small = COMM.memory_bytes({"op": "all_to_all", "size": 1024}, DTYPES["bf16"])
-    assert small == 2 * 1024 + 512 * 18
+    assert small == 2 * 1024 + 512 * (3 * 8 + 2)
     huge = COMM.memory_bytes({"op": "all_reduce", "size": 8 * 2**30}, DTYPES["fp32"])
-    assert huge == 16 * 2**30 + comm.CHECK_CHUNK * 20
+    assert huge == 16 * 2**30 + comm.CHUNK * (3 * 8 + 4)
+
+
+def test_inputs_are_made_a_chunk_at_a_time(monkeypatch):
+    monkeypatch.setattr(comm, "CHUNK", 7)  # chunks that split the array unevenly
+    d = DTYPES["bf16"]
+    whole = comm._encode(comm._move_pattern(torch.arange(50), 2, 3, d), d)
+    assert torch.equal(comm._filled(50, d, "cpu", lambda i: comm._move_pattern(i, 2, 3, d)), whole)
 
 
 # ------------------------------------------------------------------------------ 2 and 3 ranks on gloo
@@ -252,6 +267,7 @@ cases:
 """)
     r = mfu("run", suite, "--device", "cpu", "--out", tmp_path / "run")
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "algbw GB/s" in r.stdout  # the summary shows a rate over links, not 0 TFLOPS
     got = {(x["op"], x["dtype"]): x for x in rows(tmp_path / "run" / "results.csv")}
     assert len(got) == 12
     for (op, dtype), row in got.items():

@@ -29,7 +29,8 @@ from harness.workloads import LABEL, Param, Workload
 from harness.workloads import comm_model
 from harness.workloads.comm_model import OPS, REDUCTIONS, SPLIT_OPS
 
-CHECK_CHUNK = 1 << 24  # output elements compared at a time, to bound the check's memory
+CHUNK = 1 << 24  # elements made or compared at a time: inputs and check in bounded memory
+CHUNK_INT64 = 3  # int64 temporaries per element of a chunk (index, and two steps of a pattern)
 MOVE_MODULUS = {"bf16": 251, "fp8": 251, "fp32": 65521}  # primes; bf16 and fp32 hold them exactly
 RANK_STRIDE = 97  # B: shifts each rank's pattern, prime to the moduli
 SUM_EXACT = {"bf16": 256, "fp32": 2**24}  # integers summed exactly: 2^(significand bits)
@@ -77,10 +78,10 @@ class Comm(Workload):
         return comm_model.link_columns(p["op"], p["size"], time_ms, world, spec)
 
     def memory_bytes(self, p: dict, dtype: DType) -> int:
-        # send + output are at most the whole array each; the check holds an index and a value
-        # (int64) and the expected element for one chunk.
+        # send + output are at most the whole array each; making the inputs and checking the output
+        # hold one chunk's int64 temporaries and encoded values.
         elements = p["size"] // dtype.size
-        return 2 * p["size"] + min(elements, CHECK_CHUNK) * (8 + 8 + dtype.size)
+        return 2 * p["size"] + min(elements, CHUNK) * (8 * CHUNK_INT64 + dtype.size)
 
     def make_inputs(self, p: dict, dtype: DType, device: str, gen: torch.Generator) -> dict:
         op = p["op"]
@@ -89,14 +90,12 @@ class Comm(Workload):
         seed = int(torch.randint(0, 1 << 20, (1,), generator=gen, device=gen.device))
         send_count, out_count = shapes(op, p["size"] // dtype.size, n)
         base = {"rank": rank, "world": n, "seed": seed}
-        index = torch.arange(send_count, device=device)
         if op in REDUCTIONS:
-            send = _encode(_sum_summand(index, rank, n, seed, dtype), dtype)
+            send = _filled(send_count, dtype, device, lambda index: _sum_summand(index, rank, n, seed, dtype))
         elif op == "broadcast" and rank != 0:
             send = _poison(send_count, dtype, device)
         else:
-            send = _encode(_move_pattern(index, rank, seed, dtype), dtype)
-        del index
+            send = _filled(send_count, dtype, device, lambda index: _move_pattern(index, rank, seed, dtype))
         if op in ("all_reduce", "broadcast"):  # in place: the buffer is the output
             return {**base, "send": send, "out": send}
         return {**base, "send": send, "out": _poison(out_count, dtype, device)}
@@ -108,8 +107,8 @@ class Comm(Workload):
         if out.dtype != dtype.storage or out.numel() != want:
             return f"{op}: output is {out.numel()} {out.dtype}, expected {want} {dtype.storage}"
         flat = out.reshape(-1)
-        for start in range(0, want, CHECK_CHUNK):
-            index = torch.arange(start, min(start + CHECK_CHUNK, want), device=out.device)
+        for start in range(0, want, CHUNK):
+            index = torch.arange(start, min(start + CHUNK, want), device=out.device)
             expected = _encode(_expected(op, index, rank, n, seed, elements // n, dtype), dtype)
             wrong = _bits(flat[start:start + len(index)]) != _bits(expected)
             if wrong.any():
@@ -164,6 +163,14 @@ def _sum_pattern(index: torch.Tensor, n: int, seed: int, dtype: DType) -> torch.
     q, s = divmod(m, k)
     partial = torch.tensor([sum((a + t) % k for t in range(s)) for a in range(k)], device=index.device)
     return m + q * k * (k - 1) // 2 + partial[(index + seed) % k]
+
+
+def _filled(count: int, dtype: DType, device: str, values) -> torch.Tensor:
+    """A tensor of `count` elements holding values(index) (int64 pattern values), made a chunk at a time."""
+    t = torch.empty(count, dtype=dtype.storage, device=device)
+    for start in range(0, count, CHUNK):
+        t[start:start + CHUNK] = _encode(values(torch.arange(start, min(start + CHUNK, count), device=device)), dtype)
+    return t
 
 
 def _encode(values: torch.Tensor, dtype: DType) -> torch.Tensor:
