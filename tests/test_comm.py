@@ -146,7 +146,7 @@ def _run_and_check(op: str, dtype: str, size: int, device: str = "cpu") -> dict:
     """One case as the runner does it: unsupported, make_inputs, build, first call, check; then a
     second (timed-like) call, and the checks of a corrupted and of an unwritten output."""
     p, d = {"op": op, "size": size, "label": ""}, DTYPES[dtype]
-    reason = TORCH.unsupported(p, d, CPU)
+    reason = TORCH.unsupported(p, d, DeviceFacts(kind=device, name=device))
     if reason:
         return {"skipped": reason}
     gen = torch.Generator(device=device).manual_seed(7)
@@ -187,6 +187,19 @@ def test_one_rank_runs_each_op_checked_and_a_flipped_bit_fails(op, dtype, own_gr
         assert result["corrupted"] and result["corrupted"].startswith(f"{op} on rank 0 of 1: element ")
         if "unwritten" in result:
             assert result["unwritten"] and "element 0 is" in result["unwritten"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", comm_model.OPS)
+def test_one_gpu_rank_runs_each_op_on_nccl_checked(op, own_group):
+    """NCCL with world size 1: every op but send_recv runs and checks; fp8 moves as bytes."""
+    for dtype in ("bf16", "fp32", "fp8"):
+        result = _run_and_check(op, dtype, 3 * 2**20, device="cuda")
+        if op == "send_recv" or (dtype == "fp8" and op in comm_model.REDUCTIONS):
+            assert "skipped" in result, (dtype, result)
+            continue
+        assert result["check"] is None and result["corrupted"], (dtype, result)
+    assert dist.get_backend() == "nccl"
 
 
 @pytest.mark.parametrize("op", ["all_reduce", "all_to_all", "broadcast"])

@@ -25,9 +25,8 @@ import torch
 import torch.distributed as dist
 
 from harness.measure.dtypes import DType
-from harness.workloads import LABEL, Param, Workload
-from harness.workloads import comm_model
-from harness.workloads.comm_model import OPS, REDUCTIONS, SPLIT_OPS
+from harness.workloads import LABEL, Param, Workload, comm_model
+from harness.workloads.comm_model import OPS, REDUCTIONS
 
 CHUNK = 1 << 24  # elements made or compared at a time: inputs and check in bounded memory
 CHUNK_INT64 = 3  # int64 temporaries per element of a chunk (index, and two steps of a pattern)
