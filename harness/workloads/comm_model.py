@@ -92,7 +92,7 @@ def link_columns(op: str, size: int, time_ms: float, world, spec) -> dict:
 
 def _unknown(link_name: str, spec) -> str:
     if spec is None:
-        return f"no peak table entry for this GPU: its {link_name} bandwidth is unknown"
+        return "no peak table entry for this device (a CPU, or a GPU the table lacks): no link bandwidth to compare with"
     return f"the peak table has no {link_name} bandwidth for {spec.name}"
 
 
