@@ -102,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--only", metavar="REGEX", help="plan only the cases whose case_id matches")
     plan.add_argument("--all", action="store_true",
                       help=f"list every case even when there are more than {PLAN_SUMMARY_OVER}")
+    plan.add_argument("--nproc", default="1", metavar="N",
+                      help="ranks (GPUs) per node the collectives are predicted over, as `mfu run --nproc N` "
+                           "would start (default 1: one GPU, no interconnect)")
+    plan.add_argument("--nnodes", default="1", metavar="M",
+                      help="nodes: more than 1 puts the collectives on the network instead of NVLink (default 1)")
     add_output_flags(plan)
     plan.set_defaults(command=_plan)
 
@@ -368,7 +373,15 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _count(flag: str, text: str) -> int:
+    """A whole number of at least 1 given to `flag`, or a one-line usage error."""
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"{flag}: must be a whole number of at least 1 (got {text!r})")
+    return int(text)
+
+
 def _plan(args, console: Console) -> int:
+    from harness.distributed.launch import World
     from harness.hardware import device, specs
     from harness.measure import config, plan, runner
 
@@ -383,11 +396,14 @@ def _plan(args, console: Console) -> int:
         spec = specs.resolve(device.detect("cuda"))
     if args.out and (args.out / "cases.jsonl").exists():
         raise UsageError(f"{args.out} holds a run: plan --out would replace its results.csv; choose another --out")
-    rows = plan.plan(suite, spec)
+    nproc, nnodes = _count("--nproc", args.nproc), _count("--nnodes", args.nnodes)
+    world = World(nproc * nnodes, nproc)
+    rows = plan.plan(suite, spec, world)
     if args.out:
         RunDir(args.out).write_csv(rows, runner.param_columns(suite))
     fmt = tables.output_format(args.format)
-    shown = plan.tables(suite, rows, spec, every=args.all or len(rows) <= PLAN_SUMMARY_OVER or fmt in ("csv", "json"))
+    shown = plan.tables(suite, rows, spec, every=args.all or len(rows) <= PLAN_SUMMARY_OVER or fmt in ("csv", "json"),
+                        world=world)
     if len(rows) > PLAN_SUMMARY_OVER and not args.all and fmt not in ("csv", "json"):
         shown[0].notes.append(f"{len(rows)} cases: every one is in " + (
             f"{args.out / 'results.csv'}" if args.out else "DIR/results.csv with --out DIR") + " (or list them with --all)")

@@ -26,7 +26,8 @@ EXAMPLES = {"gemm": dict(m=64, n=64, k=64),
             "moe": dict(tokens=8, experts=4, top_k=2, hidden=16, intermediate=8),
             "attention": dict(phase="decode", batch=1, heads=2, kv_heads=1, seq_kv=16, head_dim=16),
             "block": dict(phase="train", batch=1, seq=4, hidden=8, heads=2, kv_heads=1, head_dim=4,
-                          intermediate=16)}
+                          intermediate=16),
+            "comm": dict(op="all_gather", size=64)}
 
 
 def _carried(name: str, wl) -> set[str]:
@@ -34,9 +35,10 @@ def _carried(name: str, wl) -> set[str]:
     what each backend that builds here adds (its `columns`)."""
     import torch
 
-    text = (f"suite: t\ncases:\n  - workload: {name}\n    dtype: fp16\n    backends: [{backends.names(name)[0]}]\n"
+    dtype_name = "fp16" if "fp16" in wl.dtypes else wl.default_dtype  # comm has no fp16
+    text = (f"suite: t\ncases:\n  - workload: {name}\n    dtype: {dtype_name}\n    backends: [{backends.names(name)[0]}]\n"
             + "".join(f"    {k}: {v}\n" for k, v in EXAMPLES[name].items()))
-    p, dtype = parse(text, "<test>").cases[0].p, DTYPES["fp16"]
+    p, dtype = parse(text, "<test>").cases[0].p, DTYPES[dtype_name]
     carried = set(columns.BY_NAME) | set(wl.extra_columns(p, dtype))
     facts = DeviceFacts(kind="cpu", name="cpu")
     for b in backends.names(name):

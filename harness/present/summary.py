@@ -270,14 +270,18 @@ def side_by_side(rows: list[dict], workload: str, baseline: str | None = None,
             continue
         first = next(iter(by_backend.values()))
         memory = first.get("bound") == "memory"
-        line = [param_cell(p, first.get(p)) for p in params] + [first.get("dtype") or "",
-                                                             "GB/s" if memory else "TFLOPS"]
+        # a collective (workloads/comm.py): bus bandwidth, or with one rank (no bus) algbw
+        link = next((c for c in ("busbw_gbps", "algbw_gbps") if any(r.get(c) is not None for r in by_backend.values())), None)
+        unit = columns.get(link).title if link else "GB/s" if memory else "TFLOPS"
+        line = [param_cell(p, first.get(p)) for p in params] + [first.get("dtype") or "", unit]
         for b in backends:
             r = by_backend.get(b)
             if r is None:
                 line.append("")
             elif r["status"] != "ok":
                 line.append(r["status"] + notes.mark(r.get("reason")))
+            elif link:
+                line.append(number(r.get(link), "{:.4g}"))
             else:
                 line.append(number(r.get("gbps"), "{:.4g}") if memory else tflops(r.get("tflops")))
             if base and b != base:
