@@ -336,7 +336,8 @@ def _line(row: dict, width: int = 10_000, world_size: int = 1) -> str:
     if world_size > 1:
         head = f"rank {row.get('rank', 0):<3} " + head
     if status == "ok" and row.get("algbw_gbps") is not None:  # a collective
-        head += f" {row['time_ms']:.4g} ms  algbw {row['algbw_gbps']:.4g} GB/s  busbw {row['busbw_gbps']:.4g} GB/s"
+        busbw = columns.get("busbw_gbps").cell(row.get("busbw_gbps")) or "-"  # none on one rank: no bus
+        head += f" {row['time_ms']:.4g} ms  algbw {row['algbw_gbps']:.4g} GB/s  busbw {busbw} GB/s"
         if row.get("link_util") is not None:
             head += f"  link {row['link_util']:.1%}"
     elif status == "ok":

@@ -118,6 +118,8 @@ COLUMNS: tuple[Column, ...] = (
        "algbw x the op's nccl-tests factor: comparable to the link's bandwidth"),
     _C("link_util", "metric", "fraction", "{:.1%}", "link util", "samples", 0,
        "busbw over the GPU's NVLink (in a node) or network (across nodes) bandwidth per direction"),
+    _C("link_note", "note", None, "{}", "link note", "first", 6,
+       "why a collective has no link_util (one rank measures no interconnect; no link bandwidth known)", type="str"),
     # how a rank compares with the others on a single-GPU case (harness/present/ranks.py): on each
     # rank's row, then on the one row per case that `by_case` pools the ranks into
     _C("vs_median", "placement", "fraction", "{:+.1%}", "vs median", "first", 4,
