@@ -165,6 +165,7 @@ def test_a_rank_that_never_comes_is_named_at_the_deadline_and_the_group_is_broke
     assert 1.4 < time.monotonic() - started < 10
     assert all(isinstance(e, group.RanksMissing) and e.missing == [2] for e in got)
     assert "rank 2 did not reach the check before timing" in str(got[0])
+    assert reasons.MISSING == type(got[0]).__name__  # a row's reason starts with the class name
     assert ranks[0].broken and reasons.blames_another_rank(f"RanksMissing: {got[0]}")
 
 

@@ -102,7 +102,8 @@ def _run(suite: Suite, device: str, run_dir: RunDir, console: Console, resume: b
             if resume:
                 console.print(f"resuming {run_dir.path}: {len(suite.cases) * repeat - len(todo)} done, {len(todo)} to run")
         else:
-            console.print(f"rank {control.rank} of {control.size} on {control.host} (GPU {control.placement()['local_rank']}: "
+            unit = "GPU" if device == "cuda" else "local rank"
+            console.print(f"rank {control.rank} of {control.size} on {control.host} ({unit} {control.placement()['local_rank']}: "
                           f"{info.facts.name}): {len(todo)} cases; rank 0 writes the run")
         results = cases.results(case for _, case in todo)
         with _progress(console, shown=writes) as progress:
@@ -234,6 +235,8 @@ def _head(log_tail: str) -> str:
 def _announce(console: Console, suite: Suite, ctx: Context, info: WorkerInfo, out: Path, repeat: int) -> None:
     peak = f"{ctx.spec.name} ({ctx.spec.origin})" if ctx.spec else "none, so no MFU/MBU"
     passes = f" x {repeat} passes" if repeat > 1 else ""
+    if ctx.world.size > 1:
+        passes += f", each on {ctx.world.size} ranks at once ({ctx.world.nodes} node{'s' if ctx.world.nodes > 1 else ''})"
     console.print(f"{suite.name}: {len(suite.cases)} cases{passes} on {ctx.facts.name} ({ctx.device}); "
                   f"peaks: {peak}; writing {out}")
     if ctx.ceilings:
