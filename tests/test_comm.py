@@ -52,10 +52,10 @@ def test_algbw_and_busbw_by_hand():
 
 
 def test_link_util_is_over_nvlink_in_a_node_and_the_network_across_nodes():
-    in_node = COMM.link_columns({"op": "all_reduce", "size": 10**9}, DTYPES["bf16"], 4.0, World(4, 4), H200)
+    in_node = COMM.timed_columns({"op": "all_reduce", "size": 10**9}, DTYPES["bf16"], {"time": 4.0}, World(4, 4), H200)
     assert in_node["busbw_gbps"] == pytest.approx(375.0)
     assert in_node["link_util"] == pytest.approx(375.0 / 450.0) and in_node["link_note"] is None
-    across = COMM.link_columns({"op": "all_reduce", "size": 10**9}, DTYPES["bf16"], 4.0, World(8, 4), H200)
+    across = COMM.timed_columns({"op": "all_reduce", "size": 10**9}, DTYPES["bf16"], {"time": 4.0}, World(8, 4), H200)
     assert across["busbw_gbps"] == pytest.approx(250.0 * 2 * 7 / 8)
     assert across["link_util"] == pytest.approx(250.0 * 1.75 / 50.0)
     # NVLS can pass the per-direction bound: reported as measured, never capped

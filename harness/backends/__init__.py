@@ -22,7 +22,9 @@ class Backend:
     name: str
     description: str
     unsupported: Callable[[dict, DType, DeviceFacts], str | None]  # (params, dtype, device) -> reason
-    build: Callable[[dict, dict, DType], Callable[[], torch.Tensor]]  # (inputs, params, dtype) -> fn
+    # (inputs, params, dtype) -> fn; for a workload with phases (a layer split over ranks,
+    # workloads/overlap_model.py) -> {phase: fn}, the first of which is checked
+    build: Callable[[dict, dict, DType], Callable[[], torch.Tensor] | dict[str, Callable[[], torch.Tensor]]]
     # Columns this backend adds to its rows, from the built inputs (e.g. flops_executed when it pads).
     columns: Callable[[dict, dict, DType], dict] | None = None
     # The bytes formula, for a backend that by design moves other data than the workload's problem

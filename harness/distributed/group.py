@@ -150,9 +150,28 @@ def join(launch: Launch, generation: int, device: str, timeout_s: float) -> Rank
     extra = {"device_id": torch.device("cuda", launch.local_rank)} if device == "cuda" else {}
     dist.init_process_group(backend_for(device), store=dist.PrefixStore("pg/", store), rank=launch.rank,
                             world_size=launch.world.size, timeout=timeout, **extra)
+    for size in range(2, launch.world.size):  # every layer group a case may ask for, made now
+        if launch.world.size % size == 0:
+            subgroup(size)
     return Ranks(dist.PrefixStore("agree/", store), launch.rank, launch.world, device)
 
 
+_SUBGROUPS: dict[int, dist.ProcessGroup] = {}
+
+
+def subgroup(size: int) -> dist.ProcessGroup | None:
+    """This rank's group of `size` consecutive ranks (a layer's tensor- or expert-parallel group:
+    ranks r - r % size onwards), or None when that is every rank (the default group). Every rank
+    makes every group of a size together; `join` makes them all up front, so that no rank waits in
+    a group's creation for one that skipped the case."""
+    if size == dist.get_world_size():
+        return None
+    if size not in _SUBGROUPS:
+        _SUBGROUPS[size] = dist.new_subgroups(group_size=size)[0]
+    return _SUBGROUPS[size]
+
+
 def leave() -> None:
+    _SUBGROUPS.clear()
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -56,13 +56,25 @@ def context(device: str, timing: TimingSettings, join=None) -> Context:
                    world=ranks.world if ranks else SOLO, ranks=ranks)
 
 
+def placed(case: Case, ctx: Context) -> dict:
+    """The case's parameters on the run's ranks (Workload.placed: tp-linear's `tp: 0` is every rank)."""
+    return workloads.REGISTRY[case.workload].placed(case.p, ctx.world)
+
+
+def peaks(case: Case, ctx: Context) -> tuple[specs.PeakSpec | None, dict | None]:
+    """The peak and the measured ceilings a case's rates are over: one GPU's; a layer group's (every
+    rate times its GPUs: the row's flops and bytes are the whole layer's); none for a collective."""
+    gpus = workloads.REGISTRY[case.workload].peak_gpus(placed(case, ctx), ctx.world)
+    return metrics.over_gpus(ctx.spec, ctx.ceilings, gpus)
+
+
 def base_row(case: Case, ctx: Context) -> dict:
     """The columns known without running: identity, parameters, formulas, roofline shape."""
     wl = workloads.REGISTRY[case.workload]
     backend = backends.get(case.workload, case.backend)
-    p, dtype = case.p, DTYPES[case.dtype]
+    p, dtype = placed(case, ctx), DTYPES[case.dtype]
     flops, nbytes = wl.flops(p), (backend.bytes or wl.bytes)(p, dtype)
-    spec = None if wl.collective else ctx.spec  # a collective's rates are over links, not peaks
+    spec, _ = peaks(case, ctx)
     return {
         "case_id": case.case_id, "workload": case.workload, "backend": case.backend,
         "dtype": case.dtype, **p, "status": None, "reason": None, "flops": flops, "bytes": nbytes,
@@ -77,62 +89,82 @@ def run_case(case: Case, ctx: Context) -> tuple[dict, list[float]]:
 
     In a distributed run every rank says before timing whether it is ready; a rank that skipped,
     mismatched or failed stops the case on every rank (each row names it), since a collective, or
-    a case meant to load every GPU at once, cannot be timed on some ranks only."""
+    a case meant to load every GPU at once, cannot be timed on some ranks only. A collective's
+    ranks also agree before its first call (the check): none enters it while another skipped it."""
     row = base_row(case, ctx)
     wl = workloads.REGISTRY[case.workload]
-    inputs = fn = None
+    inputs = phases = None
     timing = False
     try:
         with matmul_precision(None):  # whatever a backend sets globally ends with its case
-            inputs, fn, verdict = _prepare(case, ctx, row)
+            verdict = _runnable(case, ctx)
+            if wl.collective:
+                verdict = _agree(ctx.ranks, verdict)
+            if verdict["status"] == "ready":
+                inputs, phases, verdict = _prepare(case, ctx, row)
             verdict = _agree(ctx.ranks, verdict)
             if verdict["status"] != "ready":
                 return {**row, **verdict}, []
             timing = True
             if ctx.sampler:
                 with ctx.sampler:
-                    m = ctx.timer.measure(fn, ctx.ranks, align=wl.collective)
+                    samples, phases_ms = _measure(phases, ctx, align=wl.collective)
                 row.update(ctx.sampler.columns())
             else:
-                m = ctx.timer.measure(fn, ctx.ranks, align=wl.collective)
+                samples, phases_ms = _measure(phases, ctx, align=wl.collective)
     except Exception as exc:  # any failure of one case is that case's row, never the run's end
         if timing and ctx.ranks is not None and ctx.ranks.size > 1 and ctx.ranks.broken is None:
             # The others may be inside a collective or a vote this rank will never join.
             ctx.ranks.broken = f"failed while timing: {_one_line(exc)}"
         return {**row, "status": "error", "reason": _one_line(exc)}, []
     finally:
-        del inputs, fn
+        del inputs, phases
         _clean_up(ctx.device)
-    return finish_row(row, m.samples_ms, case, ctx), m.samples_ms
+    return finish_row(row, samples, case, ctx, phases_ms), samples
 
 
-def _prepare(case: Case, ctx: Context, row: dict) -> tuple[dict | None, object, dict]:
-    """Inputs, the backend's closure checked against the reference, and this rank's verdict:
-    {"status": "ready"}, or the status and reason of a case that will not be timed."""
+def _measure(phases: dict, ctx: Context, align: bool) -> tuple[list[float], dict]:
+    """Time every phase in turn: the first phase's samples, and each named phase's median."""
+    measured = {name: ctx.timer.measure(fn, ctx.ranks, align=align) for name, fn in phases.items()}
+    first = next(iter(measured.values()))
+    return first.samples_ms, {name: m.summary.median for name, m in measured.items() if name}
+
+
+def _runnable(case: Case, ctx: Context) -> dict:
+    """{"status": "ready"}, or `skipped` with why: the backend cannot run it, or it would not fit."""
     wl = workloads.REGISTRY[case.workload]
     backend = backends.get(case.workload, case.backend)
-    p, dtype = case.p, DTYPES[case.dtype]
+    p, dtype = placed(case, ctx), DTYPES[case.dtype]
     reason = backend.unsupported(p, dtype, ctx.facts)
     if reason is None:
         reason = memory.shortfall(wl.memory_bytes(p, dtype), ctx.device)
-    if reason:
-        return None, None, {"status": "skipped", "reason": reason}
+    return {"status": "skipped", "reason": reason} if reason else {"status": "ready"}
+
+
+def _prepare(case: Case, ctx: Context, row: dict) -> tuple[dict | None, dict | None, dict]:
+    """Inputs, the backend's closures ({phase: closure}; one, unnamed, for most workloads), the
+    first checked against the reference, and this rank's verdict: {"status": "ready"}, or the
+    status and reason of a case that will not be timed."""
+    wl = workloads.REGISTRY[case.workload]
+    backend = backends.get(case.workload, case.backend)
+    p, dtype = placed(case, ctx), DTYPES[case.dtype]
     try:
         gen = torch.Generator(device=ctx.device).manual_seed(zlib.crc32(case.problem_id.encode()))
         inputs = wl.make_inputs(p, dtype, ctx.device, gen)
-        fn = backend.build(inputs, p, dtype)
+        built = backend.build(inputs, p, dtype)
+        phases = built if isinstance(built, dict) else {None: built}
         faults.inject(case.case_id, ctx.device)  # MFU_INJECT_FAULT, for tests of the run's isolation
-        fn = faults.slowed(case.case_id, ctx.device, fn)
+        phases = {name: faults.slowed(case.case_id, ctx.device, fn) for name, fn in phases.items()}
         if backend.columns:
             row.update(backend.columns(inputs, p, dtype))
-        out = fn()
+        out = next(iter(phases.values()))()
         _sync(ctx.device)
         problem = wl.check(inputs, out, p, dtype, backend.problem)
     except Exception as exc:
         return None, None, {"status": "error", "reason": _one_line(exc)}
     if problem:
         return None, None, {"status": "mismatch", "reason": problem}
-    return inputs, fn, {"status": "ready"}
+    return inputs, phases, {"status": "ready"}
 
 
 def _agree(ranks, verdict: dict) -> dict:
@@ -152,19 +184,20 @@ def _agree(ranks, verdict: dict) -> dict:
     return {"status": status, "reason": f"{reasons.NOT_TIMED} {r}{more} was {v['status']} ({v['reason']})"}
 
 
-def finish_row(row: dict, samples_ms: list[float], case: Case, ctx: Context) -> dict:
-    """Statistics, metrics, clock columns and the sanity verdict for a row, from its samples."""
+def finish_row(row: dict, samples_ms: list[float], case: Case, ctx: Context, phases_ms: dict | None = None) -> dict:
+    """Statistics, metrics, clock columns and the sanity verdict for a row, from its samples (and a
+    layer's phase medians: phase -> ms)."""
     s = stats.summarize(samples_ms)
-    wl, dtype = workloads.REGISTRY[case.workload], DTYPES[case.dtype]
-    exps = wl.exps(case.p)
-    spec = None if wl.collective else ctx.spec  # a collective's rates are over links, not peaks
+    wl, dtype, p = workloads.REGISTRY[case.workload], DTYPES[case.dtype], placed(case, ctx)
+    exps = wl.exps(p)
+    spec, measured = peaks(case, ctx)
+    times_ms = {**(phases_ms or {}), "time": s.median}
     row = {**row, "time_ms": s.median, "time_ms_q1": s.q1, "time_ms_q3": s.q3, "samples": s.n,
            "noise": s.rel_ci if math.isfinite(s.rel_ci) else None,
            **({"exps": exps} if exps else {}),
-           **metrics.achieved(row["flops"], row["bytes"], s.median, spec, dtype.peak_key,
-                              None if wl.collective else ctx.ceilings, exps),
-           **(wl.link_columns(case.p, dtype, s.median, ctx.world, ctx.spec) if wl.collective else {})}
-    if wl.collective:  # its bytes cross links, not memory: algbw_gbps says it, never a memory rate
+           **metrics.achieved(row["flops"], row["bytes"], s.median, spec, dtype.peak_key, measured, exps),
+           **wl.timed_columns(p, dtype, times_ms, ctx.world, ctx.spec)}
+    if wl.peak_gpus(p, ctx.world) is None:  # its bytes cross links, not memory: never a memory rate
         row.update(tflops=None, gbps=None)
     row.update(metrics.clock_columns(row, ctx.spec, ctx.facts, dtype.peak_key))
     suspect = metrics.sanity(row, ctx.spec, peak_key=dtype.peak_key, facts=ctx.facts,

@@ -10,15 +10,36 @@ softmax exponentials per second (workloads with an `exps` count) / measured exp2
 names the largest of the utilizations (tensor, memory, exp): the unit the case is closest to.
 Where the peak or the bandwidth is unknown (a CPU), the ratios stay empty: never an invented
 denominator. Measured ceilings are records, not limits: a case that beats one raises it at the end
-of its run (ceilings.rerate), so a finished run's mfu_ceiling never exceeds 1. What is impossible
+of its run (ceilings.rerate), so a finished run's mfu_ceiling never exceeds 1. A layer split over
+n GPUs (tp-linear, ep-moe) counts the whole layer's flops and bytes against n GPUs' peaks (over_gpus). What is impossible
 (above the datasheet, shorter than a launch) is `sanity`'s; mfu_at_clock is under "clock-aware MFU".
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from harness.hardware.specs import PeakSpec
 from harness.hardware.specs.derivation import ARCH_RATES
 from harness.measure import telemetry
+
+
+def over_gpus(spec: PeakSpec | None, ceilings: dict | None, gpus: int | None) -> tuple[PeakSpec | None, dict | None]:
+    """The peak and measured ceilings of `gpus` GPUs together, every rate times gpus: the
+    denominators of a layer split over them, whose flops and bytes are the whole layer's (so its
+    mfu is over the whole group's peak). None GPUs (a collective): no FLOP or memory peak at all."""
+    if gpus is None:
+        return None, None
+    if gpus == 1:
+        return spec, ceilings
+    if spec is not None:
+        spec = replace(spec, name=f"{gpus} x {spec.name}",
+                       peaks_tflops={k: v * gpus for k, v in spec.peaks_tflops.items()},
+                       bandwidth_tbs=spec.bandwidth_tbs * gpus if spec.bandwidth_tbs else spec.bandwidth_tbs)
+    if ceilings:
+        ceilings = {**ceilings, "matmul_tflops": {k: v * gpus for k, v in (ceilings.get("matmul_tflops") or {}).items()},
+                    **{k: ceilings[k] * gpus for k in ("bandwidth_gbps", "exp_per_s") if ceilings.get(k)}}
+    return spec, ceilings
 
 
 def roofline_ms(flops: int, nbytes: int, spec: PeakSpec | None, peak_key: str) -> float | None:

@@ -23,7 +23,7 @@ from harness.measure.case import Context, base_row
 from harness.measure.config import Suite
 from harness.measure.dtypes import DTYPES
 from harness.present.tables import Table, number
-from harness.workloads import comm_model
+from harness.workloads import comm_model, overlap_model
 
 MOST_EXPENSIVE = 20  # cases listed by roofline time when the plan is summarized
 
@@ -37,10 +37,34 @@ def plan(suite: Suite, spec: PeakSpec | None, world: World = SOLO) -> list[dict]
         need = wl.memory_bytes(case.p, DTYPES[case.dtype])
         row = {**base_row(case, ctx), "status": "planned", "memory_gib": memory.required_bytes(need) / 2**30,
                "world_size": world.size}
-        if wl.collective:
+        if wl.phases:
+            row.update(_layer(wl, {k: row[k] for k in case.p}, DTYPES[case.dtype], row, world, spec))
+        elif wl.collective:
             row.update(_collective(case.p, DTYPES[case.dtype].size, world, spec))
         rows.append(row)
     return rows
+
+
+def _layer(wl, p: dict, dtype, row: dict, world: World, spec: PeakSpec | None) -> dict:
+    """A layer's three timings (workloads/overlap_model.py): compute at the roofline of its group's
+    peaks, communication by the α-β model over its group, overlapped as an ideal pipeline of its
+    chunks; or in `reason` why there is none."""
+    size = wl.peak_gpus(p, world)
+    if size > world.size or world.size % size:
+        return {"reason": f"a run would skip it: a group of {size} ranks does not divide the {world.size} planned "
+                          "(plan with --nproc and --nnodes)"}
+    group = overlap_model.layer_world(size, world)
+    compute = row.get("roofline_ms")
+    ops, chunks = wl.comm_ops(p, dtype, world), p.get("chunks", 1)
+    comm, why = overlap_model.predicted_comm_ms(ops, group, spec)
+    chunked, _ = overlap_model.predicted_comm_ms(ops, group, spec, chunks)
+    overlapped = overlap_model.predicted_overlap_ms(compute, chunked, chunks) if compute and chunked else None
+    if compute is None:
+        why = "no peak table entry for this GPU: no roofline to predict the compute with (use --gpu)"
+    return {"compute_ms": compute, "comm_ms": comm, "overlapped_ms": overlapped,
+            "time_ms": overlapped if overlapped is not None else compute,
+            **overlap_model.derived(compute, comm, overlapped),
+            "comm_bytes": sum(n for _, n in ops) if size > 1 else None, "reason": why}
 
 
 def _collective(p: dict, element: int, world: World, spec: PeakSpec | None) -> dict:
@@ -57,11 +81,13 @@ def _collective(p: dict, element: int, world: World, spec: PeakSpec | None) -> d
 
 
 def predicted_ms(row: dict) -> float | None:
-    """A planned row's time: the roofline's for a kernel, the α-β model's for a collective."""
-    return row.get("time_ms") if row["workload"] in _COLLECTIVES else row.get("roofline_ms")
+    """A planned row's time: the roofline's for a kernel, the α-β model's for a collective, the
+    overlapped pipeline's for a layer."""
+    return row.get("time_ms") if row["workload"] in _COLLECTIVES | _LAYERS else row.get("roofline_ms")
 
 
-_COLLECTIVES = {name for name, wl in workloads.REGISTRY.items() if wl.collective}
+_LAYERS = {name for name, wl in workloads.REGISTRY.items() if wl.phases}
+_COLLECTIVES = {name for name, wl in workloads.REGISTRY.items() if wl.collective} - _LAYERS
 
 
 def budget_s(suite: Suite) -> float:
@@ -113,6 +139,8 @@ def tables(suite: Suite, rows: list[dict], spec: PeakSpec | None, every: bool = 
 def _table(title: str, rows: list[dict], workload: str, spec: PeakSpec | None, world: World) -> Table:
     if workload in _COLLECTIVES:
         return _collective_cases(title, rows, workload, spec, world)
+    if workload in _LAYERS:
+        return _layer_cases(title, rows, workload, spec, world)
     return _cases(title, rows, workload)
 
 
@@ -144,3 +172,34 @@ def _collective_cases(title: str, rows: list[dict], workload: str, spec: PeakSpe
         notes.append(f"{n} case{'s' if n > 1 else ''} without a prediction: {reason}")
     return Table(title, params + ["dtype", "backend"] + COMM_HEADERS, cells,
                  priorities=priorities + [1, 0, 0, 2, 0, 2], keys=len(params) + 2, notes=notes)
+
+
+LAYER_HEADERS = ["GFLOP", "compute ms", "comm ms", "overlapped ms", "compute/comm", "overlap", "memory GiB"]
+
+
+def _layer_cases(title: str, rows: list[dict], workload: str, spec: PeakSpec | None, world: World) -> Table:
+    """Layers: the three predicted timings, the compute/communication ratio, and where it is below 1."""
+    from harness.present.summary import identity_columns, param_cell
+    from harness.store import columns
+
+    params, priorities = identity_columns(rows, [p.name for p in workloads.REGISTRY[workload].params])
+    cell = {name: columns.get(name).cell for name in ("compute_ms", "comm_ms", "overlapped_ms",
+                                                        "compute_comm_ratio", "overlap_eff")}
+    cells = [[param_cell(p, r.get(p)) for p in params] + [r["dtype"], r["backend"], f"{r['flops'] / 1e9:,.4g}",
+              *(cell[name](r.get(name)) for name in cell), memory.gib(r["memory_gib"] * 2**30)] for r in rows]
+    notes = [f"{world.size} rank{'s' if world.size > 1 else ''} on {world.nodes} node{'s' if world.nodes > 1 else ''}"
+             + (f"; a group that spans nodes talks over the network ({spec.network_gbs:g} GB/s per GPU and "
+                f"direction), one inside a node over NVLink ({spec.nvlink_gbs:g} GB/s)"
+                if spec and spec.network_gbs and spec.nvlink_gbs and world.size > 1 else ""),
+             "compute: the roofline of the layer's FLOPs and bytes over its group's peaks (even work, no kernel "
+             "below peak); comm: the α-β model of its collectives (" + comm_model.LATENCY_SOURCE + "); "
+             "overlapped: an ideal pipeline of its chunks, max(C, M) + min(C, M) / chunks, with no SMs lost to "
+             "communication kernels. All three are bounds a run approaches from above."]
+    below = [r for r in rows if r.get("compute_comm_ratio") is not None and r["compute_comm_ratio"] < 1]
+    if below:
+        notes.append(f"compute/comm below 1 in {len(below)} of {len(rows)} cases: there the layer waits on its "
+                     "links however well it overlaps, and adding GPUs to the group makes it worse")
+    for reason, n in Counter(r["reason"] for r in rows if r.get("reason")).items():
+        notes.append(f"{n} case{'s' if n > 1 else ''}: {reason}")
+    return Table(title, params + ["dtype", "backend"] + LAYER_HEADERS, cells,
+                 priorities=priorities + [1, 0, 3, 0, 0, 0, 0, 1, 2], keys=len(params) + 2, notes=notes)

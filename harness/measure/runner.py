@@ -14,6 +14,7 @@ spread of the pass medians.
 from __future__ import annotations
 
 import signal
+import statistics
 import threading
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -271,7 +272,10 @@ def _pool(passes: list[dict], samples: list[float] | None, case: Case, ctx: Cont
     timed = [r for r in passes if r.get("time_ms") is not None]
     if worst["status"] not in ("ok", "suspect") or not samples:
         return {**worst, "passes": len(passes)}
-    row = finish_row({k: v for k, v in worst.items() if k != "pass"}, samples, case, ctx)
+    # A layer's phases (other than the first, whose samples are pooled) by their passes' mean medians.
+    phases = {ph: statistics.mean(r[f"{ph}_ms"] for r in timed)
+              for ph in workloads.REGISTRY[case.workload].phases if all(r.get(f"{ph}_ms") is not None for r in timed)}
+    row = finish_row({k: v for k, v in worst.items() if k != "pass"}, samples, case, ctx, phases)
     medians = [r["time_ms"] for r in timed]
     row.update(passes=len(passes), drift=(max(medians) - min(medians)) / row["time_ms"],
                **_pooled_telemetry(timed))
@@ -338,7 +342,14 @@ def _line(row: dict, width: int = 10_000, world_size: int = 1) -> str:
     head = f"{status:<8}"
     if world_size > 1:
         head = f"rank {row.get('rank', 0):<3} " + head
-    if status == "ok" and row.get("algbw_gbps") is not None:  # a collective
+    if status == "ok" and row.get("compute_ms") is not None:  # a layer split over ranks
+        head += f" {row['time_ms']:.4g} ms  compute {row['compute_ms']:.4g}"
+        if row.get("comm_ms") is not None:
+            head += (f"  comm {row['comm_ms']:.4g}  ratio {row['compute_comm_ratio']:.3g}"
+                     f"  overlap {columns.get('overlap_eff').cell(row.get('overlap_eff'))}")
+        if row.get("mfu") is not None:
+            head += f"  MFU {row['mfu']:.1%}"
+    elif status == "ok" and row.get("algbw_gbps") is not None:  # a collective
         busbw = columns.get("busbw_gbps").cell(row.get("busbw_gbps")) or "-"  # none on one rank: no bus
         head += f" {row['time_ms']:.4g} ms  algbw {row['algbw_gbps']:.4g} GB/s  busbw {busbw} GB/s"
         if row.get("link_util") is not None:

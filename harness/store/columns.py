@@ -113,7 +113,7 @@ COLUMNS: tuple[Column, ...] = (
     _C("host", "placement", None, "{}", "host", "same", 6, type="str"),
     _C("world_size", "placement", None, "{}", "ranks", "same", 7, "ranks that ran the case at once", type="int"),
     # a collective's rates over the interconnect (harness/workloads/comm.py), as nccl-tests defines them
-    _C("algbw_gbps", "metric", "GB/s", "{:.4g}", "algbw GB/s", "samples", 0, "bytes / time"),
+    _C("algbw_gbps", "metric", "GB/s", "{:.4g}", "algbw GB/s", "samples", 0, "bytes / time (a layer's: comm_bytes / comm_ms)"),
     _C("busbw_gbps", "metric", "GB/s", "{:.4g}", "busbw GB/s", "samples", 0,
        "algbw x the op's nccl-tests factor: comparable to the link's bandwidth"),
     _C("link_util", "metric", "fraction", "{:.1%}", "link util", "samples", 0,
@@ -136,6 +136,20 @@ COLUMNS: tuple[Column, ...] = (
        "(max - min) / median of the ranks' times"),
     _C("stragglers", "placement", None, "{}", "stragglers", "union", 3,
        "the ranks called stragglers, comma-separated", type="str"),
+    # a layer split over ranks (tp-linear, ep-moe), timed in three phases (workloads/overlap_model.py);
+    # its time_ms is overlapped_ms and algbw/busbw/link_util are its communication phase's
+    _C("compute_ms", "timing", "ms", "{:.4g}", "compute ms", "mean", 0, "the compute alone, no communication"),
+    _C("comm_ms", "timing", "ms", "{:.4g}", "comm ms", "mean", 0, "the communication alone, the same bytes"),
+    _C("overlapped_ms", "timing", "ms", "{:.4g}", "overlapped ms", "mean", 2,
+       "both, in chunks: chunk i's communication overlapping chunk i+1's compute"),
+    _C("compute_comm_ratio", "metric", None, "{:.3g}", "compute/comm", "first", 0,
+       "compute_ms / comm_ms: below 1 the layer waits on its links"),
+    _C("overlap_eff", "metric", "fraction", "{:.0%}", "overlap", "first", 1,
+       "(compute_ms + comm_ms - overlapped_ms) / min(compute_ms, comm_ms): the share overlap hides"),
+    _C("exposed_comm_ms", "metric", "ms", "{:.4g}", "exposed ms", "first", 3,
+       "overlapped_ms - compute_ms: the communication overlap did not hide"),
+    _C("comm_bytes", "formula", "B", "{:.4g}", "comm bytes", "same", 6,
+       "bytes the rank sends per call (nccl-tests sizes of its collectives)", type="int"),
 )
 IDENTITY = tuple(c.name for c in COLUMNS if c.kind == "identity")  # parameters follow these in results.csv
 

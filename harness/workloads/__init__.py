@@ -57,10 +57,14 @@ class Workload:
     # Other problems than the workload's own that a backend may compute (its Backend.problem) and
     # check() knows the reference of; () for most workloads.
     problems: tuple[str, ...] = ()
-    # A collective (workloads/comm.py): every rank takes part in one operation, so a distributed run
-    # records one row for it, timed by its slowest rank; its rates are over the interconnect
-    # (link_columns), and FLOP and memory peaks do not apply (mfu, mbu and the roofline stay empty).
+    # Every rank takes part in one operation (a collective, workloads/comm.py; a layer split over
+    # ranks, workloads/tp_linear.py and ep_moe.py): a distributed run records one row for it, timed
+    # by its slowest rank, and lines the ranks up before each sample.
     collective: bool = False
+    # A layer split over ranks is timed in phases (workloads/overlap_model.py): its backends build
+    # one closure per phase, {phase: closure}; the first is checked and is the row's time_ms, and
+    # every phase's median is its `<phase>_ms` column. () for a workload timed as one closure.
+    phases: tuple[str, ...] = ()
 
     def declaration(self) -> dict:
         """What a run directory's schema records of this workload (harness/store/schema.py)."""
@@ -85,10 +89,35 @@ class Workload:
         """Workload-specific result columns (e.g. flops_executed)."""
         return {}
 
-    def link_columns(self, p: dict, dtype: DType, time_ms: float, world, spec) -> dict:
-        """A collective's rates from its median time on a World (harness/distributed/launch.py) and
-        the device's PeakSpec (its link bandwidths): algbw_gbps, busbw_gbps, link_util."""
-        return {}
+    def placed(self, p: dict, world) -> dict:
+        """The parameters on the run's World (harness/distributed/launch.py): those that depend on
+        the ranks resolved (tp-linear's `tp: 0` is every rank). Formulas, inputs, the backend and
+        the row all see the placed parameters."""
+        return p
+
+    def peak_gpus(self, p: dict, world) -> int | None:
+        """How many GPUs' peaks the row's FLOP and byte rates are over: 1 for a kernel on one GPU;
+        a layer's group for a layer split over ranks (its flops and bytes are the whole layer's);
+        None for a collective, whose bytes cross links (mfu, mbu and the roofline stay empty)."""
+        return 1
+
+    def comm_ops(self, p: dict, dtype: DType, world, rank: int | None = None) -> list[tuple[str, int]]:
+        """The collectives one call makes on a rank, as (op, size in nccl-tests' convention;
+        workloads/comm_model.py): `rank`'s, or with None the busiest rank's (what `mfu plan` predicts)."""
+        return []
+
+    def timed_columns(self, p: dict, dtype: DType, times_ms: dict, world, spec) -> dict:
+        """Columns derived from the measured medians (times_ms: "time", and each phase's), the run's
+        World and the device's PeakSpec: a collective's link rates; a layer's three timings, its
+        compute/communication ratio and its communication rates (workloads/overlap_model.py)."""
+        if not self.phases:
+            return {}
+        from harness.workloads import overlap_model
+        from harness.workloads.comm import placement
+
+        group = overlap_model.layer_world(self.peak_gpus(p, world), world)
+        rank = placement()[0] % group.size
+        return overlap_model.layer_columns(times_ms, self.comm_ops(p, dtype, world, rank), group, spec)
 
     def exps(self, p: dict) -> int | None:
         """Softmax exponentials per call, for workloads that compute them (exp_util); else None."""

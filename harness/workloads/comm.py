@@ -73,8 +73,11 @@ class Comm(Workload):
     def bytes(self, p: dict, dtype: DType) -> int:
         return p["size"]
 
-    def link_columns(self, p: dict, dtype: DType, time_ms: float, world, spec) -> dict:
-        return comm_model.link_columns(p["op"], p["size"], time_ms, world, spec)
+    def peak_gpus(self, p: dict, world) -> None:
+        return None  # its bytes cross links: FLOP and memory peaks do not apply
+
+    def timed_columns(self, p: dict, dtype: DType, times_ms: dict, world, spec) -> dict:
+        return comm_model.link_columns(p["op"], p["size"], times_ms["time"], world, spec)
 
     def memory_bytes(self, p: dict, dtype: DType) -> int:
         # send + output are at most the whole array each; making the inputs and checking the output
