@@ -169,3 +169,29 @@ def test_claims_never_write_into_an_existing_run(tmp_path, capsys):
     assert cli.main(["claims", "--device", "cpu", "--out", str(out)]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (out / "cases.jsonl").read_text() == '{"case_id": "x", "status": "ok"}\n'
+
+
+def layer(workload="tp-linear", compute=2.0, comm=1.0, overlapped=2.2, **kw):
+    group = {"tp": 8} if workload == "tp-linear" else {"ep": 8}
+    timed = {} if comm is None else {"comm_ms": comm, "overlapped_ms": overlapped,
+                                     "compute_comm_ratio": compute / comm,
+                                     "overlap_eff": (compute + comm - overlapped) / min(compute, comm)}
+    return row(workload, "torch", tokens=8192, label="llama3-70b.mlp_down", compute_ms=compute, **group, **timed, **kw)
+
+
+@pytest.mark.parametrize("compute, comm, verdict", [(2.0, 1.0, HOLDS), (1.0, 2.0, FAILS)])
+def test_the_compute_communication_ratio_claim_reads_each_layer_on_several_gpus(compute, comm, verdict):
+    f = only([layer(compute=compute, comm=comm, overlapped=max(compute, comm) + 0.2)], GPU, "comm")
+    assert f.verdict == verdict and f"ratio {compute / comm:.3g}" in f.value and "overlap hides 80.0%" in f.value
+    assert "tp=8" in f.value and f.holds_when == "compute_comm_ratio >= 1"
+    both = findings([layer(), layer("ep-moe", compute=1.0, comm=4.0, overlapped=4.5)], GPU, "comm")
+    assert [x.verdict for x in both] == [HOLDS, FAILS] and "ep=8" in both[1].value
+
+
+def test_the_compute_communication_claim_is_not_measurable_on_one_rank_or_without_layers():
+    compute_only = only([layer(comm=None)], GPU, "comm")
+    assert compute_only.verdict == UNMEASURABLE and "compute only" in compute_only.value
+    absent = only([gemm(mfu=0.8)], GPU, "comm")
+    assert absent.verdict == UNMEASURABLE and absent.value == "no tp-linear or ep-moe case in this run"
+    skipped = only([layer(status="skipped", reason="tp=8 needs 8 ranks; this run has 1")], GPU, "comm")
+    assert "tp=8 needs 8 ranks" in skipped.value

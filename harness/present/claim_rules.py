@@ -23,6 +23,8 @@ MOE_OVER_DENSE = 0.6  # the claim's 20% / 50% = 0.4, with room: MoE keeps at mos
 DECODE_MFU, DECODE_MBU = 0.05, 0.63  # "under 5% MFU"; "about 70-80% MBU" from 70% less 10%
 FP8_SPEEDUP = 1.8  # "doubles", less 10%
 TRITON_VS_VENDOR = 0.75  # the lower published ratio (attention 477 / 630)
+LAYERS = ("tp-linear", "ep-moe")  # layers split over ranks, timed in phases (workloads/overlap_model.py)
+COMM_RATIO = 1.0  # compute at least as long as its communication
 OURS = {"gemm": ("triton",), "attention": ("triton", "triton-decode"), "moe": ("triton",), "block": ("kernels",)}
 VENDOR = {"gemm": ("torch",), "attention": ("sdpa-flash", "sdpa-cudnn", "sdpa-efficient"),
           "moe": ("torch-grouped",), "block": ("eager",)}
@@ -34,6 +36,7 @@ CLAIMS = {
     "fp8": "FP8 doubles usable FLOPs",
     "exp": "On newer GPUs attention is bound by the exp units, not the tensor cores",
     "triton": "Triton kernels come within about 25% of vendor kernels",
+    "comm": "Keeping the compute/communication ratio above 1 is infrastructure's core goal",
 }
 SOURCES = {
     "gemm": ("cuBLAS bf16 8192³ about 790-800 of 989 TFLOPS on H100 SXM; maximum-achievable-matmul sweeps "
@@ -53,6 +56,9 @@ SOURCES = {
                "triton-lang/triton, python/tutorials/06-fused-attention.py) vs cuDNN about 595-630 "
                "(FlashAttention-3, arXiv:2407.08608), 0.76; MoE on H100 bf16 (E=128, top-8): Triton fused "
                "MoE 215 vs torch._grouped_mm 242 TFLOPS, 0.89 (VeOmni, github.com/ByteDance-Seed/VeOmni)"),
+    "comm": ("the ratio of compute to communication cost must not fall as clusters grow, or added GPUs stop "
+             "adding capability; expert parallelism adds two all-to-alls per MoE layer, and DeepSeek-V3 "
+             "overlaps them with compute to keep its ratio near 1 (arXiv:2412.19437, section 3.2)"),
 }
 
 
@@ -72,7 +78,7 @@ def evaluate(rows: list[dict], meta: dict) -> list[Finding]:
     on_gpu = meta.get("device_kind") == "cuda"
     ceilings = meta.get("ceilings") or {}
     findings = []
-    for rule in (_gemm_mfu, _moe_vs_dense, _decode, _fp8, _exp, _triton_vs_vendor):
+    for rule in (_gemm_mfu, _moe_vs_dense, _decode, _fp8, _exp, _triton_vs_vendor, _compute_comm):
         findings += rule(ok, rows, on_gpu, ceilings)
     return findings
 
@@ -125,6 +131,10 @@ def _describe(r: dict) -> str:
                 f"{g('seq_q')}x{g('seq_kv')}, head_dim {g('head_dim')}")
     if r["workload"] == "moe":
         return f"{r['dtype']} {g('label') or 'moe'} T={g('tokens')} E={g('experts')} k={g('top_k')}"
+    if r["workload"] in LAYERS:
+        size = {k: g(k) for k in ("tp", "ep") if g(k) is not None}
+        group = ", ".join(f"{k}={v}" for k, v in size.items())
+        return f"{r['workload']} {r['dtype']} {g('label') or ''} T={g('tokens')} {group} {r['backend']}".replace("  ", " ")
     return f"{r['dtype']} {_subject(r)} {g('phase')} batch {g('batch')}"
 
 
@@ -281,4 +291,30 @@ def _triton_vs_vendor(ok, rows, on_gpu, ceilings) -> list[Finding]:
         findings.append(Finding(CLAIMS["triton"], SOURCES["triton"],
                                 measured, f"geomean >= {TRITON_VS_VENDOR}", value,
                                 verdict(on_gpu, True, mean >= TRITON_VS_VENDOR)))
+    return findings
+
+
+def _compute_comm(ok, rows, on_gpu, ceilings) -> list[Finding]:
+    measured = ("tp-linear and ep-moe on a group of 2+ GPUs: compute alone over communication alone "
+                "(compute_comm_ratio), per case, with how much of the communication overlap hid")
+    holds_when = f"compute_comm_ratio >= {COMM_RATIO:g}"
+    layers = [r for r in ok if r["workload"] in LAYERS]
+    measured_rows = [r for r in layers if r.get("compute_comm_ratio") is not None]
+    findings = []
+    for r in measured_rows:
+        hidden = f", overlap hides {_pct(r['overlap_eff'])}" if r.get("overlap_eff") is not None else ""
+        value = (f"{_describe(r)}: compute {r['compute_ms']:.4g} ms, comm {r['comm_ms']:.4g} ms, "
+                 f"ratio {r['compute_comm_ratio']:.3g}{hidden}")
+        findings.append(Finding(CLAIMS["comm"], SOURCES["comm"], measured, holds_when, value,
+                                verdict(on_gpu, True, r["compute_comm_ratio"] >= COMM_RATIO)))
+    if not findings:
+        present = [w for w in LAYERS if any(r["workload"] == w for r in rows)]
+        if layers:
+            value = ("every layer ran on a group of one rank, compute only: run them on several GPUs "
+                     "(mfu run --nproc N) to measure communication")
+        elif present:
+            value = "no tp-linear or ep-moe case ran: " + "; ".join(_skips(rows, workload=w) for w in present)
+        else:
+            value = "no tp-linear or ep-moe case in this run"
+        findings.append(Finding(CLAIMS["comm"], SOURCES["comm"], measured, holds_when, value, UNMEASURABLE))
     return findings

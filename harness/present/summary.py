@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from harness.present import ranks, tables
+from harness.present import layers, ranks, tables
 from harness.present.ratios import speedup
 from harness.present.tables import Footnotes, Table, number, tflops
 from harness.store import columns
@@ -130,6 +130,9 @@ CALLOUTS = [
      lambda r: r["status"] == "suspect", lambda r: r["reason"]),
     ("Noisy: the median's confidence interval stayed wider than rel_ci",
      lambda r: r["status"] == "ok" and r.get("reason"), lambda r: r["reason"]),
+    ("Compute only: a layer on a group of one rank, so no communication was measured",
+     lambda r: r["status"] == "ok" and r.get("compute_ms") is not None and r.get("comm_ms") is None,
+     lambda r: r.get("link_note") or "no communication phase"),
     ("Drift between passes larger than the noise within them",
      lambda r: r.get("drift") is not None and r.get("noise") is not None and r["drift"] > 2 * r["noise"],
      lambda r: f"drift {r['drift']:.1%}, noise ±{r['noise']:.1%}"),
@@ -207,7 +210,10 @@ def console_tables(rows: list[dict], view: View = View()) -> list[Table]:
     out = []
     for wl in dict.fromkeys(r["workload"] for r in rows):
         mine = [r for r in rows if r["workload"] == wl]
-        if view.form == "side":
+        declared = _live_schema(wl).workload(wl)
+        if view.form == "side" and declared.get("phases"):
+            out.append(layers.table(mine, wl, declared["params"]))
+        elif view.form == "side":
             out.append(side_by_side(mine, wl))
         else:
             out.append(long_table(mine, wl, view.columns, view.wide))
@@ -270,8 +276,10 @@ def side_by_side(rows: list[dict], workload: str, baseline: str | None = None,
             continue
         first = next(iter(by_backend.values()))
         memory = first.get("bound") == "memory"
-        # a collective (workloads/comm.py): bus bandwidth, or with one rank (no bus) algbw
-        link = next((c for c in ("busbw_gbps", "algbw_gbps") if any(r.get(c) is not None for r in by_backend.values())), None)
+        # a collective (workloads/comm.py): bus bandwidth, or with one rank (no bus) algbw; a layer's
+        # rates are its communication phase's, so it shows TFLOPS like any kernel
+        link = next((c for c in ("busbw_gbps", "algbw_gbps") if any(r.get(c) is not None and r.get("compute_ms") is None
+                                                                    for r in by_backend.values())), None)
         unit = columns.get(link).title if link else "GB/s" if memory else "TFLOPS"
         line = [param_cell(p, first.get(p)) for p in params] + [first.get("dtype") or "", unit]
         for b in backends:

@@ -69,7 +69,7 @@ class Workload:
     def declaration(self) -> dict:
         """What a run directory's schema records of this workload (harness/store/schema.py)."""
         return {"params": [p.name for p in self.params], "baseline": self.baseline,
-                "summary_columns": list(self.summary_columns)}
+                "summary_columns": list(self.summary_columns), "phases": list(self.phases)}
 
     def complete(self, p: dict) -> dict:
         """Fill defaults that depend on other parameters (e.g. decode's seq_q = 1); runs before validate."""
