@@ -178,6 +178,8 @@ def _command(args, console) -> int:
         raise UsageError("--device cuda: no CUDA GPU is visible to torch")
     if args.budget_s is not None and not args.budget_s > 0:
         raise UsageError(f"--budget-s: must be above 0 (got {args.budget_s:g})")
+    if args.out:  # a folder that cannot be made fails now, not after minutes of measuring
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     facts = device.detect(kind)
     budget = args.budget_s if args.budget_s is not None else DEFAULT_BUDGET_S[kind]
     console.print(f"measuring ceilings of {facts.name} ({kind}), about {budget:.0f} s of matmul sweeps")

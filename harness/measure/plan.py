@@ -194,7 +194,7 @@ def _layer_cases(title: str, rows: list[dict], workload: str, spec: PeakSpec | N
              "compute: the roofline of the layer's FLOPs and bytes over its group's peaks (even work, no kernel "
              "below peak); comm: the α-β model of its collectives (" + comm_model.LATENCY_SOURCE + "); "
              "overlapped: an ideal pipeline of its chunks, max(C, M) + min(C, M) / chunks, with no SMs lost to "
-             "communication kernels. All three are bounds a run approaches from above."]
+             "communication kernels. All three are ideal: a run is slower, except that NVLS all_reduce can beat the ring."]
     below = [r for r in rows if r.get("compute_comm_ratio") is not None and r["compute_comm_ratio"] < 1]
     if below:
         notes.append(f"compute/comm below 1 in {len(below)} of {len(rows)} cases: there the layer waits on its "
