@@ -27,7 +27,8 @@ EXAMPLES = {"gemm": dict(m=64, n=64, k=64),
             "attention": dict(phase="decode", batch=1, heads=2, kv_heads=1, seq_kv=16, head_dim=16),
             "block": dict(phase="train", batch=1, seq=4, hidden=8, heads=2, kv_heads=1, head_dim=4,
                           intermediate=16),
-            "comm": dict(op="all_gather", size=64)}
+            "comm": dict(op="all_gather", size=64),
+            "tp-linear": dict(tokens=8, in_features=16, out_features=16, tp=1)}
 
 
 def _carried(name: str, wl) -> set[str]:

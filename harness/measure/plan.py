@@ -34,7 +34,7 @@ def plan(suite: Suite, spec: PeakSpec | None, world: World = SOLO) -> list[dict]
     rows = []
     for case in suite.cases:
         wl = workloads.REGISTRY[case.workload]
-        need = wl.memory_bytes(case.p, DTYPES[case.dtype])
+        need = wl.memory_bytes(wl.placed(case.p, world), DTYPES[case.dtype])
         row = {**base_row(case, ctx), "status": "planned", "memory_gib": memory.required_bytes(need) / 2**30,
                "world_size": world.size}
         if wl.phases:
