@@ -18,7 +18,7 @@ from conftest import QUICK, mfu, rows, suite_file
 from harness import backends
 from harness.distributed import group
 from harness.distributed.launch import World
-from harness.hardware.device import DeviceFacts
+from harness.hardware.device import DeviceFacts, detect
 from harness.measure.dtypes import DTYPES
 from harness.workloads import ep_moe
 from harness.workloads.ep_moe import EP_MOE
@@ -86,7 +86,7 @@ def test_placement_and_what_cannot_run_is_said_in_one_line():
     assert placed["ep"] == 4 and EP_MOE.peak_gpus(placed, World(4, 4)) == 4
     assert EP_MOE.placed(layer(ep=2), World(4, 4))["ep"] == 2
     assert ep_moe.group_problem(layer(ep=8), 2) == "ep=8 needs 8 ranks; this run has 2"
-    assert ep_moe.group_problem(layer(ep=2), 3) == "ep=2 does not divide the run's 3 ranks into groups"
+    assert ep_moe.group_problem(layer(ep=2), 3) == "ep=2 does not divide the 3 ranks of this run into groups"
     assert ep_moe.group_problem(layer(ep=2, experts=5), 2) == "experts=5 do not split evenly over ep=2 ranks"
     assert ep_moe.group_problem(layer(ep=2), 4) is None
     assert EP_MOE.validate(layer(chunks=5))[0] == "chunks"
@@ -188,8 +188,7 @@ def _gpu_main(rank: int, n: int, store_path: str, out_dir: str) -> None:
         # Qwen3-30B-A3B's experts, 4096 tokens per rank: about 0.5 ms of GEMMs and of NVLink each.
         p = EP_MOE.placed({"tokens": 4096, "experts": 128, "top_k": 8, "hidden": 2048, "intermediate": 768,
                            "routing": "uniform", "seed": 0, "ep": 0, "chunks": 4, "label": ""}, World(n, n))
-        facts = DeviceFacts(kind="cuda", name=torch.cuda.get_device_name(), vendor="nvidia",
-                            compute_capability=torch.cuda.get_device_capability())
+        facts = detect("cuda")
         name = "torch-grouped" if backends.get("ep-moe", "torch-grouped").unsupported(p, BF16, facts) is None \
             else "torch-loop"
         inputs = EP_MOE.make_inputs(p, BF16, "cuda", torch.Generator(device="cuda").manual_seed(0))

@@ -39,7 +39,7 @@ from harness.measure.dtypes import DType
 from harness.workloads.comm import placement
 from harness.workloads.ep_moe import chunk_rows, chunk_tokens, exchange, group_problem, local_problem
 
-MOE_BACKENDS = {
+DESCRIPTIONS = {  # the moe backends reused, by name
     "torch-loop": "per-expert gather, matmul and index_add (moe's torch-loop) on each rank's experts",
     "torch-grouped": "torch's grouped GEMM (moe's torch-grouped) on each rank's experts",
     "triton": "ours: kernels/moe.py (moe's triton) on each rank's experts",
@@ -118,8 +118,9 @@ def _phases(moe: Backend, inputs: dict, p: dict, dtype: DType) -> dict:
     mine = [chunk_rows(p, rank, c) for c in range(n)]
     starts = [chunk_tokens(p, c)[0] for c in range(n)] + [p["tokens"]]
     unsorts = [torch.argsort(rows.pairs) for rows in mine]
-    # What each rank's chunk c sends here, in its send order: local expert ids and weights.
-    arriving = [[chunk_rows(p, s, c).to(rank, per_rank) for s in range(ep)] for c in range(n)]
+    # What each rank's chunk c sends here, in its send order: local expert ids and weights (rank
+    # by rank, so that each rank's routing is realized once).
+    arriving = list(zip(*([chunk_rows(p, s, c).to(rank, per_rank) for c in range(n)] for s in range(ep))))
     recv_ids = [torch.cat([ids for ids, _ in chunk]) for chunk in arriving]
     recv_weights = [torch.cat([weights for _, weights in chunk]) for chunk in arriving]
     recv_splits = [[len(ids) for ids, _ in chunk] for chunk in arriving]
@@ -187,5 +188,5 @@ def _totals(splits) -> list[int]:
     return [sum(column) for column in zip(*splits)]
 
 
-for _name, _description in MOE_BACKENDS.items():
+for _name, _description in DESCRIPTIONS.items():
     register(Backend("ep-moe", _name, _description, _unsupported(_name), _build(_name)))

@@ -139,7 +139,7 @@ def group_problem(p: dict, world_size: int) -> str | None:
     if ep > world_size:
         return f"ep={ep} needs {ep} ranks; this run has {world_size}"
     if world_size % ep:
-        return f"ep={ep} does not divide the run's {world_size} ranks into groups"
+        return f"ep={ep} does not divide the {world_size} ranks of this run into groups"
     if e % ep:
         return f"experts={e} do not split evenly over ep={ep} ranks"
     return None
@@ -215,11 +215,14 @@ class EpMoe(Workload):
 
     def memory_bytes(self, p: dict, dtype: DType) -> int:
         # The busiest rank's local moe problem (its experts, received rows and their outputs, the
-        # hungriest backend's work, a reference's worth of check) plus its own tokens: x, out and
-        # the fp32 reference, and the send, returned and unsorted rows with their indices.
-        t, k, h = p["tokens"], p["top_k"], p["hidden"]
+        # hungriest backend's work, a reference's worth of check), twice but for the shared weights:
+        # the chunks' moe builds together hold at most what the whole one does (triton's padded h,
+        # the sort orders). Plus its own tokens: x, out and the fp32 reference; the send, returned
+        # and unsorted rows; and the gather and unsort indices of the chunks and of the whole.
+        t, k, h, s = p["tokens"], p["top_k"], p["hidden"], dtype.size
+        weights = p["experts"] // p["ep"] * 3 * h * p["intermediate"] * s
         local = MOE.memory_bytes(local_problem(p, int(exchange(p).received.max())), dtype)
-        return local + t * h * (dtype.size + dtype.out_size + 4) + 3 * t * k * (h * dtype.size + 8)
+        return 2 * local - weights + t * h * (s + dtype.out_size + 4) + t * k * (3 * h * s + 4 * 8)
 
     def make_inputs(self, p: dict, dtype: DType, device: str, gen: torch.Generator) -> dict:
         rank, per_rank = ep_rank(p), p["experts"] // p["ep"]
