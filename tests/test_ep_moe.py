@@ -127,8 +127,9 @@ def test_every_rank_can_make_any_experts_weights_and_keeps_its_own():
 
 # ------------------------------------------------------------------------------ two gloo ranks
 
-GLOO_CASES = [(name, dtype, routing, chunks) for name in TORCH_BACKENDS for routing in ("balanced", "zipf:1.2")
-              for chunks in (1, 3) for dtype in ("bf16",)] + [("torch-grouped", "fp16", "uniform", 2)]
+# triton runs in Triton's interpreter here (conftest sets TRITON_INTERPRET=1), which mishandles bf16
+GLOO_CASES = [(name, "bf16", routing, chunks) for name in TORCH_BACKENDS for routing in ("balanced", "zipf:1.2")
+              for chunks in (1, 3)] + [("torch-grouped", "fp16", "uniform", 2), ("triton", "fp16", "zipf:1.2", 3)]
 
 
 def _case(name: str, dtype: str, routing: str, chunks: int) -> dict:
