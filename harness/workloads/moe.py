@@ -177,8 +177,8 @@ class Moe(Workload):
         r = _routing(p)
         x = torch.randn((t, h), dtype=torch.float32 if dtype.name == "fp8" else dtype.storage,
                         device=device, generator=gen).to(dtype.storage)
-        w_gate_up, gate_up_scale = _weights((e, 2 * i, h), dtype, device, gen)
-        w_down, down_scale = _weights((e, h, i), dtype, device, gen)
+        w_gate_up, gate_up_scale = random_weights((e, 2 * i, h), dtype, device, gen)
+        w_down, down_scale = random_weights((e, h, i), dtype, device, gen)
         inputs = {"x": x, "w_gate_up": w_gate_up, "w_down": w_down,
                   "topk_ids": r.ids.to(device, copy=True), "topk_weights": r.weights.to(device, copy=True),
                   "out": torch.full((t, h), float("nan"), dtype=dtype.output, device=device)}
@@ -186,13 +186,15 @@ class Moe(Workload):
             inputs.update(w_gate_up_scale=gate_up_scale, w_down_scale=down_scale)
         return inputs
 
-    def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType, problem: str | None = None) -> str | None:
+    def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType, problem: str | None = None,
+              weights_of=None) -> str | None:
+        """`weights_of`: as in reference(), for a caller whose inputs do not hold every expert (ep-moe)."""
         rows = p["tokens"] * (p["top_k"] if problem == DENSE else 1)
         want = (rows, p["hidden"])
         if tuple(out.shape) != want or out.dtype != dtype.output:
             return f"output is {tuple(out.shape)} {out.dtype}, expected {want} {dtype.output}"
         with matmul_precision("highest"):  # the reference never runs on TF32
-            ref = reference(inputs, p, problem)
+            ref = reference(inputs, p, problem, weights_of)
         comparison = Comparison(tolerance_for(p, dtype))
         chunk = max(1, _CHUNK_BYTES // (p["hidden"] * 4))
         for start in range(0, rows, chunk):
@@ -216,7 +218,7 @@ def tolerance_for(p: dict, dtype: DType) -> Tolerance:
     return tolerance(dtype, max(p["hidden"], p["intermediate"]), roundings=4 + p["top_k"], requantized_k=fp8_h)
 
 
-def _weights(shape: tuple, dtype: DType, device: str, gen: torch.Generator):
+def random_weights(shape: tuple, dtype: DType, device: str, gen: torch.Generator):
     """Expert weights ~ N(0, 1/fan-in), so every stage stays near unit size (far from fp16's
     range): the values themselves in 16-bit dtypes; for fp8, N(0, 1) in e4m3 with a per-expert
     scale, made one expert at a time (a float copy of all experts may not fit)."""
@@ -287,15 +289,16 @@ def expert_groups(p: dict, problem: str | None = None):
         yield e, tokens, tokens, weights[start:end]
 
 
-def reference(inputs: dict, p: dict, problem: str | None = None) -> torch.Tensor:
+def reference(inputs: dict, p: dict, problem: str | None = None, weights_of=None) -> torch.Tensor:
     """The float32 output, one expert (and one chunk of its rows) at a time, so that its extra
-    memory is one expert's weights in fp32 plus a chunk, whatever the number of experts."""
+    memory is one expert's weights in fp32 plus a chunk, whatever the number of experts.
+    weights_of(e) gives expert e's float32 (W_gate_up, W_down); by default expert_weights(inputs, e)."""
     x, i, fp8 = inputs["x"], p["intermediate"], inputs["x"].dtype == torch.float8_e4m3fn
     rows = p["tokens"] * (p["top_k"] if problem == DENSE else 1)
     ref = torch.zeros(rows, p["hidden"], dtype=torch.float32, device=x.device)
     chunk = max(1, _CHUNK_BYTES // ((2 * p["hidden"] + 3 * i) * 4))
     for e, rows_in, rows_out, weights in expert_groups(p, problem):
-        w_gate_up, w_down = expert_weights(inputs, e)
+        w_gate_up, w_down = weights_of(e) if weights_of else expert_weights(inputs, e)
         for start in range(0, len(rows_in), chunk):
             part = slice(start, start + chunk)
             gate_up = x.index_select(0, rows_in[part].to(x.device)).float() @ w_gate_up.T
