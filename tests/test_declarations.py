@@ -28,7 +28,8 @@ EXAMPLES = {"gemm": dict(m=64, n=64, k=64),
             "block": dict(phase="train", batch=1, seq=4, hidden=8, heads=2, kv_heads=1, head_dim=4,
                           intermediate=16),
             "comm": dict(op="all_gather", size=64),
-            "tp-linear": dict(tokens=8, in_features=16, out_features=16, tp=1)}
+            "tp-linear": dict(tokens=8, in_features=16, out_features=16, tp=1),
+            "ep-moe": dict(tokens=8, experts=4, top_k=2, hidden=16, intermediate=8, ep=1)}
 
 
 def _carried(name: str, wl) -> set[str]:
