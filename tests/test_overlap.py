@@ -114,3 +114,47 @@ def test_a_ranks_group_is_its_run_of_consecutive_ranks(tmp_path):
     found = [(tmp_path / f"rank{r}").read_text() for r in range(4)]
     # ranks 0 and 1 sum to 1, ranks 2 and 3 to 5; the whole world is the default group (None)
     assert found == ["0 1 True", "1 1 True", "0 5 True", "1 5 True"]
+
+
+LAYERS = """
+suite: cluster
+cases:
+  - workload: tp-linear
+    model: llama3-70b
+    tokens: 8192
+    tp: 8
+    dtype: bf16
+    backends: [torch]
+  - workload: ep-moe
+    model: [deepseek-v3, mixtral-8x7b]
+    tokens: 4096
+    dtype: bf16
+    backends: [torch-grouped]
+"""
+
+
+def test_the_plan_of_a_cluster_by_hand():
+    from harness.measure import config, plan
+
+    rows = plan.plan(config.parse(LAYERS, "cluster.yaml"), H100, World(64, 8))
+    down = next(r for r in rows if r.get("label") == "llama3-70b.mlp_down")
+    # TP=8 inside a node: compute at the roofline of 8 GPUs, the all_reduce of Y over NVLink
+    t, k, n = 8192, 28672, 8192
+    compute = 2 * t * k * n / (8 * H100.peak_flops("bf16")) * 1e3  # compute-bound
+    comm = (6.6e-6 + 14 * 0.6e-6 + t * n * 2 * 1.75 / 450e9) * 1e3
+    chunked = 4 * (15.0e-6 + t * n * 2 / 4 * 1.75 / 450e9) * 1e3
+    assert down["compute_ms"] == pytest.approx(compute) and down["comm_ms"] == pytest.approx(comm)
+    assert down["overlapped_ms"] == pytest.approx(max(compute, chunked) + min(compute, chunked) / 4)
+    assert down["compute_comm_ratio"] == pytest.approx(compute / comm) and down["time_ms"] == down["overlapped_ms"]
+    # EP=64 over 8 nodes: each all_to_all sends T·k rows of H bf16 values over the network
+    ds = next(r for r in rows if r.get("label") == "deepseek-v3")
+    send = 4096 * 8 * 7168 * 2
+    one = (6.6e-6 + 63 * 2.7e-6 + send * 63 / 64 / 50e9) * 1e3
+    assert ds["comm_ms"] == pytest.approx(2 * one)  # dispatch and combine (balanced: as many rows back)
+    assert ds["compute_comm_ratio"] < 1 and ds["world_size"] == 64
+    mixtral = next(r for r in rows if r.get("label") == "mixtral-8x7b")
+    assert mixtral["reason"] == "a run would skip it: experts=8 do not split evenly over ep=64 ranks"
+    text = plan.tables(config.parse(LAYERS, "cluster.yaml"), rows, H100, world=World(64, 8))
+    notes = " ".join(n for table in text for n in table.notes)
+    assert "compute/comm below 1 in 2 of 2 cases" in notes and "compute/comm below 1 in 1 of 2 cases" in notes
+    assert "64 ranks on 8 nodes" in notes

@@ -127,21 +127,23 @@ def test_tp_0_is_checked_once_placed_and_tp_1_ignores_chunks():
     assert len(config.parse(text, "t.yaml").cases) == 2  # 7 and 4 chunks of 2 rows are refused only on 2+ ranks
 
 
-@pytest.mark.parametrize("name", BACKENDS)
-def test_the_backends_refuse_groups_the_run_cannot_form_and_uneven_splits_in_one_line(name, monkeypatch):
-    unsupported = backends.get("tp-linear", name).unsupported
-    fp32 = DTYPES["fp32"]
-    assert unsupported(_p(tp=2), fp32, CPU) == "tp=2 needs 2 ranks; this run has 1"
-    assert unsupported(_p(tp=1), fp32, CPU) is None
-    import harness.backends.tp_linear as module
-
-    monkeypatch.setattr(module, "placement", lambda: (1, 4))
-    assert unsupported(_p(tp=3), fp32, CPU) == "tp=3 does not divide the 4 ranks of this run into groups"
-    assert unsupported(_p(tp=4, in_features=6), fp32, CPU) == \
+def test_groups_the_run_cannot_form_and_uneven_splits_are_refused_in_one_line():
+    refused = TPL.placement_problem
+    assert refused(_p(tp=2), World(1, 1)) == "tp=2 needs 2 ranks; the run has 1"
+    assert refused(_p(tp=1), World(1, 1)) is None
+    assert refused(_p(tp=3), World(4, 4)) == "tp=3 does not divide the 4 ranks of the run into groups"
+    assert refused(_p(tp=4, in_features=6), World(4, 4)) == \
         "row-parallel splits in_features over tp=4 ranks: 6 is not a multiple"
-    assert unsupported(_p(tp=2, tokens=8, chunks=5, parallel="column"), fp32, CPU) == \
+    assert refused(_p(tp=2, tokens=8, chunks=5, parallel="column"), World(4, 4)) == \
         "chunks=5 exceeds the 4 token rows each of the tp=2 ranks holds"
-    assert unsupported(_p(tp=4, tokens=8, chunks=2, parallel="column"), fp32, CPU) is None
+    assert refused(_p(tp=4, tokens=8, chunks=2, parallel="column"), World(4, 4)) is None
+    # and a run skips such a case before any formula or backend sees it
+    from harness.measure.case import Context, run_case
+
+    case = config.parse(SUITE + "    tokens: 8\n    in_features: 8\n    out_features: 4\n    tp: 2\n", "t.yaml").cases[0]
+    row, samples = run_case(case, Context("cpu", CPU, None))
+    assert (row["status"], row["reason"], samples) == ("skipped", "tp=2 needs 2 ranks; the run has 1", [])
+    assert "flops" not in row
 
 
 def test_the_gemm_backends_reasons_for_the_local_problem_are_passed_on():

@@ -36,8 +36,7 @@ from harness.backends import Backend, register
 from harness.distributed import group
 from harness.hardware.device import DeviceFacts
 from harness.measure.dtypes import DType
-from harness.workloads.comm import placement
-from harness.workloads.ep_moe import chunk_rows, chunk_tokens, exchange, group_problem, local_problem
+from harness.workloads.ep_moe import chunk_rows, chunk_tokens, exchange, local_problem
 
 DESCRIPTIONS = {  # the moe backends reused, by name
     "torch-loop": "per-expert gather, matmul and index_add (moe's torch-loop) on each rank's experts",
@@ -85,8 +84,7 @@ class _Piece:
 
 def _unsupported(moe_name: str):
     def unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
-        if reason := group_problem(p, placement()[1]):
-            return reason
+        # (an ep that does not fit the run is the workload's placement_problem, checked before this)
         if p["ep"] > 1:
             if not dist.is_available():
                 return "this torch build has no torch.distributed"

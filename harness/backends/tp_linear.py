@@ -34,8 +34,7 @@ from harness.backends.comm import _all_gather
 from harness.distributed import group
 from harness.hardware.device import DeviceFacts
 from harness.measure.dtypes import DType
-from harness.workloads.comm import placement
-from harness.workloads.tp_linear import row_blocks, split_problem
+from harness.workloads.tp_linear import row_blocks
 
 GEMM_BACKENDS = {"torch": "cuBLAS GEMMs (torch.matmul)", "triton": "our GEMMs (kernels/gemm.py)"}
 
@@ -55,15 +54,8 @@ def local_problems(p: dict) -> list[dict]:
 
 def _unsupported_with(gemm_name: str):
     def unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
+        # (a tp that does not fit the run is the workload's placement_problem, checked before this)
         tp = p["tp"]
-        _, world = placement()
-        if tp > world:
-            return f"tp={tp} needs {tp} ranks; this run has {world}"
-        if world % tp:
-            return f"tp={tp} does not divide the {world} ranks of this run into groups"
-        split = split_problem(p)
-        if split:
-            return split[1]
         if tp > 1 and dev.kind == "cuda" and not dist.is_nccl_available():
             return "this torch build has no NCCL"
         gemm = get("gemm", gemm_name)

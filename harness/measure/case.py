@@ -69,19 +69,20 @@ def peaks(case: Case, ctx: Context) -> tuple[specs.PeakSpec | None, dict | None]
 
 
 def base_row(case: Case, ctx: Context) -> dict:
-    """The columns known without running: identity, parameters, formulas, roofline shape."""
+    """The columns known without running: identity, parameters, formulas, roofline shape. A case
+    whose parameters cannot be placed on the run's ranks is `skipped` here, without formulas."""
     wl = workloads.REGISTRY[case.workload]
     backend = backends.get(case.workload, case.backend)
     p, dtype = placed(case, ctx), DTYPES[case.dtype]
+    identity = {"case_id": case.case_id, "workload": case.workload, "backend": case.backend,
+                "dtype": case.dtype, **p}
+    where = {"device": ctx.facts.name, "peak_source": ctx.spec.origin if ctx.spec else None}
+    if problem := wl.placement_problem(p, ctx.world):
+        return {**identity, "status": "skipped", "reason": problem, **where}
     flops, nbytes = wl.flops(p), (backend.bytes or wl.bytes)(p, dtype)
     spec, _ = peaks(case, ctx)
-    return {
-        "case_id": case.case_id, "workload": case.workload, "backend": case.backend,
-        "dtype": case.dtype, **p, "status": None, "reason": None, "flops": flops, "bytes": nbytes,
-        **metrics.shape(flops, nbytes, spec, dtype.peak_key),
-        "device": ctx.facts.name, "peak_source": ctx.spec.origin if ctx.spec else None,
-        **wl.extra_columns(p, dtype),
-    }
+    return {**identity, "status": None, "reason": None, "flops": flops, "bytes": nbytes,
+            **metrics.shape(flops, nbytes, spec, dtype.peak_key), **where, **wl.extra_columns(p, dtype)}
 
 
 def run_case(case: Case, ctx: Context) -> tuple[dict, list[float]]:
@@ -92,6 +93,8 @@ def run_case(case: Case, ctx: Context) -> tuple[dict, list[float]]:
     a case meant to load every GPU at once, cannot be timed on some ranks only. A collective's
     ranks also agree before its first call (the check): none enters it while another skipped it."""
     row = base_row(case, ctx)
+    if row["status"] == "skipped":  # the same on every rank: they all see the same world
+        return row, []
     wl = workloads.REGISTRY[case.workload]
     inputs = phases = None
     timing = False

@@ -34,9 +34,13 @@ def plan(suite: Suite, spec: PeakSpec | None, world: World = SOLO) -> list[dict]
     rows = []
     for case in suite.cases:
         wl = workloads.REGISTRY[case.workload]
+        row = base_row(case, ctx)
+        if row["status"] == "skipped":  # it cannot be placed on the planned ranks
+            rows.append({**row, "status": "planned", "reason": f"a run would skip it: {row['reason']}",
+                         "flops": None, "memory_gib": None, "world_size": world.size})
+            continue
         need = wl.memory_bytes(wl.placed(case.p, world), DTYPES[case.dtype])
-        row = {**base_row(case, ctx), "status": "planned", "memory_gib": memory.required_bytes(need) / 2**30,
-               "world_size": world.size}
+        row.update(status="planned", memory_gib=memory.required_bytes(need) / 2**30, world_size=world.size)
         if wl.phases:
             row.update(_layer(wl, {k: row[k] for k in case.p}, DTYPES[case.dtype], row, world, spec))
         elif wl.collective:
@@ -50,9 +54,6 @@ def _layer(wl, p: dict, dtype, row: dict, world: World, spec: PeakSpec | None) -
     peaks, communication by the α-β model over its group, overlapped as an ideal pipeline of its
     chunks; or in `reason` why there is none."""
     size = wl.peak_gpus(p, world)
-    if size > world.size or world.size % size:
-        return {"reason": f"a run would skip it: a group of {size} ranks does not divide the {world.size} planned "
-                          "(plan with --nproc and --nnodes)"}
     group = overlap_model.layer_world(size, world)
     compute = row.get("roofline_ms")
     ops, chunks = wl.comm_ops(p, dtype, world), p.get("chunks", 1)
@@ -129,7 +130,7 @@ def tables(suite: Suite, rows: list[dict], spec: PeakSpec | None, every: bool = 
         summary.notes.append("predicted ms: the roofline time of a kernel, the α-β time of a collective")
     top = sorted(rows, key=lambda r: predicted_ms(r) or 0, reverse=True)[:MOST_EXPENSIVE]
     if not roofline and not alpha_beta:
-        top = sorted(rows, key=lambda r: r["flops"], reverse=True)[:MOST_EXPENSIVE]
+        top = sorted(rows, key=lambda r: r["flops"] or 0, reverse=True)[:MOST_EXPENSIVE]
     out = [summary]
     for wl in dict.fromkeys(r["workload"] for r in top):
         out.append(_table(f"{wl}: the most expensive cases", [r for r in top if r["workload"] == wl], wl, spec, world))
@@ -149,8 +150,9 @@ def _cases(title: str, rows: list[dict], workload: str) -> Table:
 
     params, priorities = identity_columns(rows, [p.name for p in workloads.REGISTRY[workload].params])
     cells = [[param_cell(p, r.get(p)) for p in params] + [r["dtype"], r["backend"],
-              f"{r['flops'] / 1e9:,.4g}", f"{r['bytes'] / 1e6:,.4g}", number(r["intensity"], "{:.1f}"),
-              r["bound"] or "", number(r["roofline_ms"], "{:.4g}"), memory.gib(r["memory_gib"] * 2**30)]
+              number(r["flops"] and r["flops"] / 1e9, "{:,.4g}"), number(r.get("bytes") and r["bytes"] / 1e6, "{:,.4g}"),
+              number(r.get("intensity"), "{:.1f}"), r.get("bound") or "", number(r.get("roofline_ms"), "{:.4g}"),
+              _gib(r)]
              for r in rows]
     return Table(title, params + ["dtype", "backend"] + HEADERS, cells,
                  priorities=priorities + [1, 0, 3, 3, 2, 2, 0, 0], keys=len(params) + 2)
@@ -162,7 +164,7 @@ def _collective_cases(title: str, rows: list[dict], workload: str, spec: PeakSpe
 
     params, priorities = identity_columns(rows, [p.name for p in workloads.REGISTRY[workload].params])
     cells = [[param_cell(p, r.get(p)) for p in params] + [r["dtype"], r["backend"], number(r.get("time_ms"), "{:.4g}"), number(r.get("algbw_gbps"), "{:.4g}"),
-              number(r.get("busbw_gbps"), "{:.4g}"), memory.gib(r["memory_gib"] * 2**30)] for r in rows]
+              number(r.get("busbw_gbps"), "{:.4g}"), _gib(r)] for r in rows]
     link, bandwidth = comm_model.link(world, spec)
     nodes = f"{world.nodes} node{'s' if world.nodes > 1 else ''}"
     notes = [f"{world.size} rank{'s' if world.size > 1 else ''} on {nodes}"
@@ -185,8 +187,9 @@ def _layer_cases(title: str, rows: list[dict], workload: str, spec: PeakSpec | N
     params, priorities = identity_columns(rows, [p.name for p in workloads.REGISTRY[workload].params])
     cell = {name: columns.get(name).cell for name in ("compute_ms", "comm_ms", "overlapped_ms",
                                                         "compute_comm_ratio", "overlap_eff")}
-    cells = [[param_cell(p, r.get(p)) for p in params] + [r["dtype"], r["backend"], f"{r['flops'] / 1e9:,.4g}",
-              *(cell[name](r.get(name)) for name in cell), memory.gib(r["memory_gib"] * 2**30)] for r in rows]
+    cells = [[param_cell(p, r.get(p)) for p in params] + [r["dtype"], r["backend"],
+              number(r["flops"] and r["flops"] / 1e9, "{:,.4g}"), *(cell[name](r.get(name)) for name in cell), _gib(r)]
+             for r in rows]
     notes = [f"{world.size} rank{'s' if world.size > 1 else ''} on {world.nodes} node{'s' if world.nodes > 1 else ''}"
              + (f"; a group that spans nodes talks over the network ({spec.network_gbs:g} GB/s per GPU and "
                 f"direction), one inside a node over NVLink ({spec.nvlink_gbs:g} GB/s)"
@@ -203,3 +206,7 @@ def _layer_cases(title: str, rows: list[dict], workload: str, spec: PeakSpec | N
         notes.append(f"{n} case{'s' if n > 1 else ''}: {reason}")
     return Table(title, params + ["dtype", "backend"] + LAYER_HEADERS, cells,
                  priorities=priorities + [1, 0, 3, 0, 0, 0, 0, 1, 2], keys=len(params) + 2, notes=notes)
+
+
+def _gib(row: dict) -> str:
+    return memory.gib(row["memory_gib"] * 2**30) if row.get("memory_gib") is not None else ""

@@ -95,6 +95,12 @@ class Workload:
         the row all see the placed parameters."""
         return p
 
+    def placement_problem(self, p: dict, world) -> str | None:
+        """Why the placed parameters cannot run on `world` (a group that does not divide the ranks, a
+        dimension that does not split over its group), or None. A case with a problem is skipped
+        with it before any formula is evaluated: formulas may assume the split works."""
+        return None
+
     def peak_gpus(self, p: dict, world) -> int | None:
         """How many GPUs' peaks the row's FLOP and byte rates are over: 1 for a kernel on one GPU;
         a layer's group for a layer split over ranks (its flops and bytes are the whole layer's);

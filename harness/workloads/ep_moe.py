@@ -137,9 +137,9 @@ def group_problem(p: dict, world_size: int) -> str | None:
     """Why the placed layer cannot run on a run of world_size ranks, or None."""
     ep, e = p["ep"], p["experts"]
     if ep > world_size:
-        return f"ep={ep} needs {ep} ranks; this run has {world_size}"
+        return f"ep={ep} needs {ep} ranks; the run has {world_size}"
     if world_size % ep:
-        return f"ep={ep} does not divide the {world_size} ranks of this run into groups"
+        return f"ep={ep} does not divide the {world_size} ranks of the run into groups"
     if e % ep:
         return f"experts={e} do not split evenly over ep={ep} ranks"
     return None
@@ -190,6 +190,9 @@ class EpMoe(Workload):
 
     def placed(self, p: dict, world) -> dict:
         return {**p, "ep": p["ep"] or world.size}
+
+    def placement_problem(self, p: dict, world) -> str | None:
+        return group_problem(p, world.size)
 
     def peak_gpus(self, p: dict, world) -> int:
         return p["ep"]

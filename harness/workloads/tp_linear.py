@@ -112,6 +112,15 @@ class TpLinear(Workload):
     def placed(self, p: dict, world) -> dict:
         return {**p, "tp": p["tp"] or world.size}
 
+    def placement_problem(self, p: dict, world) -> str | None:
+        tp = p["tp"]
+        if tp > world.size:
+            return f"tp={tp} needs {tp} ranks; the run has {world.size}"
+        if world.size % tp:
+            return f"tp={tp} does not divide the {world.size} ranks of the run into groups"
+        split = split_problem(p)
+        return split[1] if split else None
+
     def peak_gpus(self, p: dict, world) -> int:
         return p["tp"]
 
