@@ -91,7 +91,7 @@ def test_wrong_shape_or_dtype_is_caught():
 def test_check_works_in_row_chunks(monkeypatch):
     import harness.workloads.gemm as gemm
 
-    monkeypatch.setattr(gemm, "_CHUNK_BYTES", 8 * P["n"] * 4)  # 8 rows per chunk
+    monkeypatch.setattr(gemm, "CHUNK_BYTES", 8 * P["n"] * 4)  # 8 rows per chunk
     x = inputs("bf16")
     out = torch_result(x, "bf16")
     assert GEMM.check(x, out, P, DTYPES["bf16"]) is None

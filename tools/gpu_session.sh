@@ -12,8 +12,8 @@ set -uo pipefail
 OUT=${OUT:?set OUT to the folder to write into}
 DEVICE=${DEVICE:-cuda}
 TESTS_S=${TESTS_S:-140}
-CHECK_S=${CHECK_S:-300}
-RANKS_S=${RANKS_S:-60}
+CHECK_S=${CHECK_S:-285}
+RANKS_S=${RANKS_S:-75}
 NPROC=${NPROC:-$(python -c "import torch; print(max(1, torch.cuda.device_count()))" 2>/dev/null || echo 1)}
 WORK=$OUT/session
 mkdir -p "$WORK"
@@ -36,7 +36,8 @@ if [ "$DEVICE" = cuda ]; then
   step gpu-tests "$TESTS_S" python -m pytest -m gpu -q -x --durations=20 -p no:cacheprovider
 fi
 step check "$CHECK_S" mfu check --device "$DEVICE" --out "$WORK/check" --budget-s $((CHECK_S - 30))
-# Every collective at 1 MiB and 256 MiB, and one GEMM on every GPU at once (a straggler check).
+# Every collective at 1 MiB and 256 MiB, one GEMM on every GPU at once (a straggler check), and the
+# tensor- and expert-parallel layers over every GPU (compute only on one).
 cat > "$WORK/ranks.yaml" <<'YAML'
 suite: ranks
 timing: {warmup_ms: 25, min_samples: 10, max_time_s: 0.3, rel_ci: 0.01, l2_flush: false}
@@ -51,6 +52,16 @@ cases:
     k: 8192
     dtype: bf16
     backends: [torch]
+  - workload: tp-linear
+    model: llama3-70b
+    tokens: 8192
+    dtype: bf16
+    backends: [torch]
+  - workload: ep-moe
+    model: qwen3-30b-a3b
+    tokens: 4096
+    dtype: bf16
+    backends: [torch-grouped]
 YAML
 step ranks "$RANKS_S" mfu run "$WORK/ranks.yaml" --device "$DEVICE" --nproc "$NPROC" --out "$WORK/ranks"
 
@@ -58,5 +69,5 @@ echo
 echo "step        exit  seconds"
 while read -r name code took; do printf '%-11s %4s  %7s\n' "$name" "$code" "$took"; done < "$WORK/steps.txt"
 tail -n 12 "$WORK/check.log" 2>/dev/null
-grep -E "^rank|busbw|straggler" "$WORK/ranks.log" 2>/dev/null | tail -n 8
+grep -E "^rank|busbw|straggler|compute" "$WORK/ranks.log" 2>/dev/null | tail -n 8
 grep -E "passed|failed" "$WORK/gpu-tests.log" 2>/dev/null | tail -n 1

@@ -21,8 +21,8 @@ from harness.workloads.comm import placement
 from harness.workloads.comm_model import REDUCTIONS, size_problem
 
 # torch 2.10+ names them *_single and deprecates *_into_tensor / *_tensor; older releases have only those.
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 def _unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
@@ -57,11 +57,11 @@ def _build(inputs: dict, p: dict, dtype: DType):
             return result
     elif op == "all_gather":
         def run():
-            _all_gather(out, send)
+            all_gather(out, send)
             return result
     elif op == "reduce_scatter":
         def run():
-            _reduce_scatter(out, send)
+            reduce_scatter(out, send)
             return result
     elif op == "all_to_all":
         def run():

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from harness.backends import Backend, get, register
-from harness.backends.comm import _all_gather
+from harness.backends.comm import all_gather
 from harness.distributed import group
 from harness.hardware.device import DeviceFacts
 from harness.measure.dtypes import DType
@@ -132,7 +132,7 @@ def _column(inputs: dict, p: dict, local, sub) -> dict:
     whole = staging.view(t, k)
 
     def overlapped():
-        works = [_all_gather(g, send, group=sub, async_op=True) for g, send in zip(gathered, sends)]
+        works = [all_gather(g, send, group=sub, async_op=True) for g, send in zip(gathered, sends)]
         for work, chunk_gemm, (place, result) in zip(works, chunk_gemms, places):
             work.wait()
             chunk_gemm()
@@ -140,7 +140,7 @@ def _column(inputs: dict, p: dict, local, sub) -> dict:
         return out
 
     def comm():
-        _all_gather(whole, a, group=sub)
+        all_gather(whole, a, group=sub)
         return whole
 
     return {"overlapped": overlapped, "compute": compute, "comm": comm}

@@ -17,10 +17,10 @@ from harness.measure.dtypes import DType, matmul_precision
 from harness.workloads import LABEL, Param, Workload
 
 INT_SENTINEL = -(2**31)  # poison for int32 outputs; no int8 product sum reaches it for k < 2^17
-_CHUNK_BYTES = 256 << 20  # reference computed in row blocks of this size, to bound its memory
+CHUNK_BYTES = 256 << 20  # reference computed in row blocks of this size, to bound its memory
 
 
-def _reference_dtype(dtype: DType) -> torch.dtype:
+def reference_dtype(dtype: DType) -> torch.dtype:
     # fp32 accumulation is exact enough for 16- and 8-bit float inputs (their products are exact
     # in fp32); fp32/tf32 inputs need fp64, and so do int8 sums, which can pass 2^24.
     return torch.float32 if dtype.name in ("bf16", "fp16", "fp8") else torch.float64
@@ -56,19 +56,19 @@ class Gemm(Workload):
 
     def memory_bytes(self, p: dict, dtype: DType) -> int:
         m, n, k = p["m"], p["n"], p["k"]
-        ref = torch.empty((), dtype=_reference_dtype(dtype)).element_size()
+        ref = torch.empty((), dtype=reference_dtype(dtype)).element_size()
         chunk = self._chunk_rows(p, dtype)
         generation = max(m, n) * k * 4  # a float temporary while making fp8/int8 inputs
         check = k * n * ref + chunk * (k + 3 * n) * ref  # upcast B, one block of A, ref and error
         return self.bytes(p, dtype) + max(generation, check)
 
     def _chunk_rows(self, p: dict, dtype: DType) -> int:
-        ref = torch.empty((), dtype=_reference_dtype(dtype)).element_size()
-        return max(1, min(p["m"], _CHUNK_BYTES // (p["n"] * ref)))
+        ref = torch.empty((), dtype=reference_dtype(dtype)).element_size()
+        return max(1, min(p["m"], CHUNK_BYTES // (p["n"] * ref)))
 
     def make_inputs(self, p: dict, dtype: DType, device: str, gen: torch.Generator) -> dict:
         m, n, k = p["m"], p["n"], p["k"]
-        a, w = (_random((rows, k), dtype, device, gen) for rows in (m, n))
+        a, w = (random_operand((rows, k), dtype, device, gen) for rows in (m, n))
         if dtype.is_float:
             out = torch.full((m, n), float("nan"), dtype=dtype.output, device=device)
         else:
@@ -78,7 +78,7 @@ class Gemm(Workload):
     def check(self, inputs: dict, out: torch.Tensor, p: dict, dtype: DType, problem: str | None = None) -> str | None:
         if out.shape != (p["m"], p["n"]) or out.dtype != dtype.output:
             return f"output is {tuple(out.shape)} {out.dtype}, expected {(p['m'], p['n'])} {dtype.output}"
-        ref_dtype = _reference_dtype(dtype)
+        ref_dtype = reference_dtype(dtype)
         comparison = Comparison(tolerance_for(p, dtype))
         b = inputs["b"].to(ref_dtype)
         chunk = self._chunk_rows(p, dtype)
@@ -101,7 +101,7 @@ def tolerance_for(p: dict, dtype: DType):
     return tolerance(dtype, p["k"])
 
 
-def _random(shape, dtype: DType, device: str, gen: torch.Generator) -> torch.Tensor:
+def random_operand(shape, dtype: DType, device: str, gen: torch.Generator) -> torch.Tensor:
     if not dtype.is_float:
         return torch.randint(-128, 128, shape, dtype=torch.int8, device=device, generator=gen)
     make = dtype.storage if dtype.size >= 2 else torch.float32

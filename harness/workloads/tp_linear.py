@@ -42,7 +42,7 @@ from harness.measure.check import Comparison, rows_from, tolerance
 from harness.measure.dtypes import DType, matmul_precision
 from harness.workloads import LABEL, Param, Workload
 from harness.workloads.comm import placement
-from harness.workloads.gemm import _CHUNK_BYTES, _random, _reference_dtype
+from harness.workloads.gemm import CHUNK_BYTES, random_operand, reference_dtype
 from harness.workloads.overlap_model import PHASES
 
 PARALLEL = ("row", "column")
@@ -144,7 +144,7 @@ class TpLinear(Workload):
         t, k, n = p["tokens"], p["in_features"], p["out_features"]
         tp = p["tp"] or 1  # unplaced (tp 0): counted as one rank's whole layer
         s, s_out = dtype.size, dtype.out_size
-        ref = torch.empty((), dtype=_reference_dtype(dtype)).element_size()
+        ref = torch.empty((), dtype=reference_dtype(dtype)).element_size()
         held = (t * k + n * k) * s  # the whole X and W, for the check
         if p["parallel"] == "row":
             n_out = n
@@ -161,12 +161,12 @@ class TpLinear(Workload):
         return held + k * n_out * ref + rows * (k + 3 * n_out) * ref  # upcast W, a block of X, ref and error
 
     def _check_rows(self, t: int, n_out: int, dtype: DType) -> int:
-        ref = torch.empty((), dtype=_reference_dtype(dtype)).element_size()
-        return max(1, min(t, _CHUNK_BYTES // (n_out * ref)))
+        ref = torch.empty((), dtype=reference_dtype(dtype)).element_size()
+        return max(1, min(t, CHUNK_BYTES // (n_out * ref)))
 
     def make_inputs(self, p: dict, dtype: DType, device: str, gen: torch.Generator) -> dict:
         t, k, n, tp = p["tokens"], p["in_features"], p["out_features"], p["tp"]
-        x, w = _random((t, k), dtype, device, gen), _random((n, k), dtype, device, gen)
+        x, w = random_operand((t, k), dtype, device, gen), random_operand((n, k), dtype, device, gen)
         rank = placement()[0] % tp  # the rank inside its group of consecutive ranks
         if p["parallel"] == "row":
             shard = slice(rank * k // tp, (rank + 1) * k // tp)
@@ -184,7 +184,7 @@ class TpLinear(Workload):
         where = f"{dtype.name} rank {rank} of tp={tp}"
         if tuple(out.shape) != want or out.dtype != dtype.output:
             return f"{where}: output is {tuple(out.shape)} {out.dtype}, expected {want} {dtype.output}"
-        ref_dtype = _reference_dtype(dtype)
+        ref_dtype = reference_dtype(dtype)
         comparison = Comparison(tolerance_for(p, dtype))
         b = (inputs["w"].t() if row else inputs["b"]).to(ref_dtype)  # all of W, or this rank's columns
         block = self._check_rows(t, want[1], dtype)
