@@ -2,16 +2,21 @@
 
 Shared helpers, for every test file (`from conftest import mfu, rows`): `mfu(...)` runs the
 command line in a fresh process, `rows(path)` reads a CSV, `suite_file` writes a suite; the
-`tiny` and `six` fixtures are suite files of 4 and 6 quick CPU cases.
+`tiny` and `six` fixtures are suite files of 4 and 6 quick CPU cases; `on_ranks` runs a function
+on n processes of one process group (gloo, or NCCL on GPUs) and `median_event_ms` times a call
+there with CUDA events.
 """
 
 import csv
 import functools
 import gc
+import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -120,3 +125,50 @@ def pytest_collection_finish(session):
 
 def pytest_sessionfinish(session, exitstatus):
     gc.unfreeze()  # so that the interpreter frees everything at exit (nanobind, under triton, counts leaks)
+
+
+def on_ranks(target, n: int, where: Path, *args, backend: str = "gloo") -> list:
+    """target(rank, n, *args) in n spawned processes that form one process group (gloo; "nccl": one
+    GPU each), from a module-level function; what each returned (JSON-able), in rank order."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_process, args=(target, n, str(where), backend, args), nprocs=n, join=True)
+    return [json.loads((where / f"rank{r}.json").read_text()) for r in range(n)]
+
+
+def _rank_process(rank: int, target, n: int, where: str, backend: str, args: tuple) -> None:
+    import torch.distributed as dist
+
+    from harness.distributed import group
+
+    torch.set_num_threads(1)  # n ranks' thread pools on CI's two cores would spin against each other
+    extra = {}
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+        extra = {"device_id": torch.device("cuda", rank)}
+    dist.init_process_group(backend, store=dist.FileStore(f"{where}/store", n), rank=rank, world_size=n,
+                            timeout=timedelta(seconds=60), **extra)
+    try:
+        result = target(rank, n, *args)
+    finally:
+        group.leave()
+    Path(where, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def median_event_ms(fn, reps: int = 20, warmup: int = 3) -> float:
+    """fn's median time on the GPU, every rank starting each call together (a barrier)."""
+    import torch.distributed as dist
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        dist.barrier()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)

@@ -3,15 +3,12 @@ exact input patterns, and every op run through make_inputs, build, fn and check 
 and 3 ranks, where a corrupted or unwritten output must fail the check."""
 
 import dataclasses
-import datetime
-import json
 import math
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import QUICK, ROOT, mfu, rows, suite_file
+from conftest import QUICK, ROOT, mfu, on_ranks, rows, suite_file
 
 from harness import backends, workloads
 from harness.distributed.launch import World
@@ -232,26 +229,18 @@ def test_inputs_are_made_a_chunk_at_a_time(monkeypatch):
 
 # ------------------------------------------------------------------------------ 2 and 3 ranks on gloo
 
-def _rank_main(rank: int, n: int, store_path: str, out_dir: str, size: int) -> None:
-    dist.init_process_group("gloo", store=dist.FileStore(store_path, n), rank=rank, world_size=n,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        results = {f"{op}:{dtype}": _run_and_check(op, dtype, size)
-                   for op in comm_model.OPS for dtype in ("bf16", "fp32", "fp8")}
-        results["refused"] = TORCH.unsupported({"op": "all_to_all", "size": 2 * n + 2, "label": ""}, DTYPES["bf16"], CPU)
-    finally:
-        dist.destroy_process_group()
-    with open(f"{out_dir}/rank{rank}.json", "w") as f:
-        json.dump(results, f)
+def _every_op(rank: int, n: int, size: int) -> dict:
+    results = {f"{op}:{dtype}": _run_and_check(op, dtype, size)
+               for op in comm_model.OPS for dtype in ("bf16", "fp32", "fp8")}
+    results["refused"] = TORCH.unsupported({"op": "all_to_all", "size": 2 * n + 2, "label": ""}, DTYPES["bf16"], CPU)
+    return results
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 3])
 def test_every_op_on_2_and_3_gloo_ranks_is_right_and_a_corruption_fails(n, tmp_path):
     size = 4 * 3 * 2 * 5  # splits over 2 and 3 ranks for every element size
-    mp.spawn(_rank_main, args=(n, str(tmp_path / "store"), str(tmp_path), size), nprocs=n, join=True)
-    for rank in range(n):
-        results = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    for rank, results in enumerate(on_ranks(_every_op, n, tmp_path, size)):
         assert results.pop("refused").startswith(f"all_to_all splits the array over {n} ranks")
         for key, result in results.items():
             op, dtype = key.split(":")

@@ -4,19 +4,14 @@ phase, chunked and not, balanced and skewed routings) against the single-process
 corrupted and unexchanged outputs caught; on 2+ GPUs the overlap pays (gpu); and `mfu run --nproc
 2` end to end (slow)."""
 
-import json
-import os
-import statistics
 import zlib
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import QUICK, mfu, rows, suite_file
+from conftest import QUICK, median_event_ms, mfu, on_ranks, rows, suite_file
 
 from harness import backends
-from harness.distributed import group
 from harness.distributed.launch import World
 from harness.hardware.device import DeviceFacts, detect
 from harness.measure.dtypes import DTYPES
@@ -152,21 +147,12 @@ def _case(name: str, dtype: str, routing: str, chunks: int) -> dict:
     return result
 
 
-def _gloo_main(rank: int, n: int, store_path: str, out_dir: str) -> None:
-    torch.set_num_threads(1)  # two ranks' thread pools on CI's two cores spin against each other: 10x slower
-    dist.init_process_group("gloo", store=dist.FileStore(store_path, n), rank=rank, world_size=n)
-    try:
-        results = {":".join(map(str, case)): _case(*case) for case in GLOO_CASES}
-    finally:
-        group.leave()
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(results, f)
+def _gloo_cases(rank: int, n: int) -> dict:
+    return {":".join(map(str, case)): _case(*case) for case in GLOO_CASES}
 
 
 def test_two_gloo_ranks_run_every_phase_and_the_layer_matches_the_single_process_reference(tmp_path):
-    mp.spawn(_gloo_main, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        results = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    for rank, results in enumerate(on_ranks(_gloo_cases, 2, tmp_path)):
         assert len(results) == len(GLOO_CASES)
         for key, r in results.items():
             assert r["unsupported"] is None and r["phases"] == ["overlapped", "compute", "comm"], key
@@ -177,47 +163,24 @@ def test_two_gloo_ranks_run_every_phase_and_the_layer_matches_the_single_process
 
 # ------------------------------------------------------------------------------ two GPUs: the overlap pays
 
-def _gpu_main(rank: int, n: int, store_path: str, out_dir: str) -> None:
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", store=dist.FileStore(store_path, n), rank=rank, world_size=n,
-                            device_id=torch.device("cuda", rank))
-    try:
-        # Qwen3-30B-A3B's experts, 4096 tokens per rank: about 0.5 ms of GEMMs and of NVLink each.
-        p = EP_MOE.placed({"tokens": 4096, "experts": 128, "top_k": 8, "hidden": 2048, "intermediate": 768,
-                           "routing": "uniform", "seed": 0, "ep": 0, "chunks": 4, "label": ""}, World(n, n))
-        facts = detect("cuda")
-        name = "torch-grouped" if backends.get("ep-moe", "torch-grouped").unsupported(p, BF16, facts) is None \
-            else "torch-loop"
-        inputs = EP_MOE.make_inputs(p, BF16, "cuda", torch.Generator(device="cuda").manual_seed(0))
-        phases = backends.get("ep-moe", name).build(inputs, p, BF16)
-        check = EP_MOE.check(inputs, phases["overlapped"](), p, BF16)
-        medians = {}
-        for phase, fn in phases.items():
-            times = []
-            for i in range(25):
-                dist.barrier()
-                torch.cuda.synchronize()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                if i >= 5:
-                    times.append(start.elapsed_time(end))
-            medians[phase] = statistics.median(times)
-    finally:
-        group.leave()
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump({"check": check, "backend": name, **medians}, f)
+def _on_gpu(rank: int, n: int) -> dict:
+    # Qwen3-30B-A3B's experts, 4096 tokens per rank: about 0.5 ms of GEMMs and of NVLink each.
+    p = EP_MOE.placed({"tokens": 4096, "experts": 128, "top_k": 8, "hidden": 2048, "intermediate": 768,
+                       "routing": "uniform", "seed": 0, "ep": 0, "chunks": 4, "label": ""}, World(n, n))
+    facts = detect("cuda")
+    name = "torch-grouped" if backends.get("ep-moe", "torch-grouped").unsupported(p, BF16, facts) is None \
+        else "torch-loop"
+    inputs = EP_MOE.make_inputs(p, BF16, "cuda", torch.Generator(device="cuda").manual_seed(0))
+    phases = backends.get("ep-moe", name).build(inputs, p, BF16)
+    check = EP_MOE.check(inputs, phases["overlapped"](), p, BF16)
+    return {"check": check, "backend": name, **{phase: median_event_ms(fn) for phase, fn in phases.items()}}
 
 
 @pytest.mark.gpu
 def test_on_two_gpus_the_overlapped_layer_is_faster_than_compute_then_comm(tmp_path):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs")
-    mp.spawn(_gpu_main, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        r = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    for r in on_ranks(_on_gpu, 2, tmp_path, backend="nccl"):
         assert r["check"] is None, r
         assert r["overlapped"] < r["compute"] + r["comm"], r
 

@@ -3,18 +3,17 @@ synthetic timings, the communication phase's rates, a layer's peaks over its who
 plan's pipeline model by hand, and this rank's group of consecutive ranks (gloo, 4 processes)."""
 
 import dataclasses
-import os
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from conftest import on_ranks
 
 from harness.distributed import group
 from harness.distributed.launch import World
 from harness.hardware import specs
 from harness.measure import metrics
-from harness.workloads import comm_model, overlap_model
+from harness.workloads import overlap_model
 
 H100 = dataclasses.replace(specs.lookup("h100-sxm"), nvlink_gbs=450.0, network_gbs=50.0)
 
@@ -95,23 +94,16 @@ def test_the_plans_pipeline_by_hand():
     assert none is None and "compute only" in why
 
 
-def _groups_main(rank: int, n: int, store_path: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", store=dist.FileStore(store_path, n), rank=rank, world_size=n)
-    try:
-        pair = group.subgroup(2)
-        value = torch.tensor([float(rank)])
-        dist.all_reduce(value, group=pair)
-        every = group.subgroup(n)
-        with open(os.path.join(out_dir, f"rank{rank}"), "w") as f:
-            f.write(f"{dist.get_rank(pair)} {value.item():g} {every is None}")
-    finally:
-        group.leave()
+def _group_of_two(rank: int, n: int) -> str:
+    pair = group.subgroup(2)
+    value = torch.tensor([float(rank)])
+    dist.all_reduce(value, group=pair)
+    return f"{dist.get_rank(pair)} {value.item():g} {group.subgroup(n) is None}"
 
 
 @pytest.mark.slow
 def test_a_ranks_group_is_its_run_of_consecutive_ranks(tmp_path):
-    mp.spawn(_groups_main, args=(4, str(tmp_path / "store"), str(tmp_path)), nprocs=4, join=True)
-    found = [(tmp_path / f"rank{r}").read_text() for r in range(4)]
+    found = on_ranks(_group_of_two, 4, tmp_path)
     # ranks 0 and 1 sum to 1, ranks 2 and 3 to 5; the whole world is the default group (None)
     assert found == ["0 1 True", "1 1 True", "0 5 True", "1 5 True"]
 

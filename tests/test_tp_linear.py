@@ -3,15 +3,11 @@ tp = 1 path in this process, row- and column-parallel on 2 gloo ranks checked ag
 single-process reference (with a partial, a corrupted and an unwritten output caught), `mfu run
 --nproc 2` with its three phases, and on 2+ GPUs that overlap beats compute + comm."""
 
-import datetime
-import json
-import statistics
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import QUICK, mfu, rows, suite_file
+from conftest import QUICK, median_event_ms, mfu, on_ranks, rows, suite_file
 
 from harness import backends, workloads
 from harness.distributed.launch import World
@@ -212,21 +208,12 @@ def _case_on_ranks(name: str, parallel: str, chunks: int, dtype: str) -> dict:
     return result
 
 
-def _gloo_main(rank: int, n: int, store_path: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", store=dist.FileStore(store_path, n), rank=rank, world_size=n,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        results = {":".join(map(str, case)): _case_on_ranks(*case) for case in GLOO_CASES}
-    finally:
-        dist.destroy_process_group()
-    with open(f"{out_dir}/rank{rank}.json", "w") as f:
-        json.dump(results, f)
+def _gloo_cases(rank: int, n: int) -> dict:
+    return {":".join(map(str, case)): _case_on_ranks(*case) for case in GLOO_CASES}
 
 
 def test_row_and_column_parallel_on_2_gloo_ranks_match_the_single_process_reference(tmp_path):
-    mp.spawn(_gloo_main, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        results = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    for rank, results in enumerate(on_ranks(_gloo_cases, 2, tmp_path)):
         assert len(results) == len(GLOO_CASES)
         for key, r in results.items():
             where = f"{key.split(':')[-1]} rank {rank} of tp=2: "
@@ -275,48 +262,24 @@ cases:
 
 # ------------------------------------------------------------------------------ 2+ GPUs (NCCL)
 
-def _gpu_main(rank: int, n: int, store_path: str, out_dir: str) -> None:
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", store=dist.FileStore(store_path, n), rank=rank, world_size=n,
-                            device_id=torch.device("cuda", rank))
+def _on_gpu(rank: int, n: int) -> dict:
     results = {}
-    try:
-        for parallel in ("row", "column"):
-            p, bf16 = _p(tp=n, tokens=8192, in_features=8192, out_features=8192, parallel=parallel), DTYPES["bf16"]
-            inputs = TPL.make_inputs(p, bf16, "cuda", torch.Generator(device="cuda").manual_seed(5))
-            phases = backends.get("tp-linear", "torch").build(inputs, p, bf16)
-            result = {"check": TPL.check(inputs, phases["overlapped"](), p, bf16)}
-            for phase, fn in phases.items():
-                result[phase] = _median_ms(fn)
-            results[parallel] = result
-    finally:
-        dist.destroy_process_group()
-    with open(f"{out_dir}/rank{rank}.json", "w") as f:
-        json.dump(results, f)
-
-
-def _median_ms(fn, reps: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        dist.barrier()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    for parallel in ("row", "column"):
+        p, bf16 = _p(tp=n, tokens=8192, in_features=8192, out_features=8192, parallel=parallel), DTYPES["bf16"]
+        inputs = TPL.make_inputs(p, bf16, "cuda", torch.Generator(device="cuda").manual_seed(5))
+        phases = backends.get("tp-linear", "torch").build(inputs, p, bf16)
+        result = {"check": TPL.check(inputs, phases["overlapped"](), p, bf16)}
+        for phase, fn in phases.items():
+            result[phase] = median_event_ms(fn)
+        results[parallel] = result
+    return results
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2+ GPUs")
 def test_on_gpus_the_overlapped_layer_beats_compute_plus_comm(tmp_path):
     n = torch.cuda.device_count()
-    mp.spawn(_gpu_main, args=(n, str(tmp_path / "store"), str(tmp_path)), nprocs=n, join=True)
-    for rank in range(n):
-        for parallel, r in json.loads((tmp_path / f"rank{rank}.json").read_text()).items():
+    for rank, results in enumerate(on_ranks(_on_gpu, n, tmp_path, backend="nccl")):
+        for parallel, r in results.items():
             assert r["check"] is None, (rank, parallel, r)
             assert r["overlapped"] < r["compute"] + r["comm"], (rank, parallel, r)

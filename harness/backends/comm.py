@@ -27,12 +27,8 @@ reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_sca
 
 def _unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
     op, size = p["op"], p["size"]
-    if not dist.is_available():
-        return "this torch build has no torch.distributed"
-    if dev.kind == "cuda" and not dist.is_nccl_available():
-        return "this torch build has no NCCL"
-    if dev.kind != "cuda" and not dist.is_gloo_available():
-        return "this torch build has no gloo"
+    if reason := group.unavailable(dev.kind):
+        return reason
     _, n = placement()
     if op == "send_recv" and n < 2:
         return "send_recv needs at least 2 ranks: a single rank has no peer (run under torchrun or with --nproc 2)"

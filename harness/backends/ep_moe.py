@@ -85,13 +85,8 @@ class _Piece:
 def _unsupported(moe_name: str):
     def unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
         # (an ep that does not fit the run is the workload's placement_problem, checked before this)
-        if p["ep"] > 1:
-            if not dist.is_available():
-                return "this torch build has no torch.distributed"
-            if dev.kind == "cuda" and not dist.is_nccl_available():
-                return "this torch build has no NCCL"
-            if dev.kind != "cuda" and not dist.is_gloo_available():
-                return "this torch build has no gloo"
+        if p["ep"] > 1 and (reason := group.unavailable(dev.kind)):
+            return reason
         busiest = local_problem(p, max(1, int(exchange(p).received.max())))
         return backends.get("moe", moe_name).unsupported(busiest, dtype, dev)
     return unsupported

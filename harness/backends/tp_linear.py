@@ -55,9 +55,8 @@ def local_problems(p: dict) -> list[dict]:
 def _unsupported_with(gemm_name: str):
     def unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
         # (a tp that does not fit the run is the workload's placement_problem, checked before this)
-        tp = p["tp"]
-        if tp > 1 and dev.kind == "cuda" and not dist.is_nccl_available():
-            return "this torch build has no NCCL"
+        if p["tp"] > 1 and (reason := group.unavailable(dev.kind)):
+            return reason
         gemm = get("gemm", gemm_name)
         for problem in local_problems(p):
             reason = gemm.unsupported({**problem, "label": ""}, dtype, dev)

@@ -38,6 +38,18 @@ def backend_for(device: str) -> str:
     return "nccl" if device == "cuda" else "gloo"
 
 
+def unavailable(device: str) -> str | None:
+    """Why this torch build cannot run collectives on this kind of device (NCCL on CUDA, gloo on a
+    CPU), or None."""
+    if not dist.is_available():
+        return "this torch build has no torch.distributed"
+    if device == "cuda" and not dist.is_nccl_available():
+        return "this torch build has no NCCL"
+    if device != "cuda" and not dist.is_gloo_available():
+        return "this torch build has no gloo"
+    return None
+
+
 def ensure(device: str) -> None:
     """A process group exists: the run's, or else one of this process alone."""
     if not dist.is_initialized():
