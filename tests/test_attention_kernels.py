@@ -1,10 +1,14 @@
-"""kernels/attention.py and kernels/decode_attention.py against a float64 reference.
+"""kernels/attention.py, kernels/attention_ws.py and kernels/decode_attention.py against a float64 reference.
 
 On CPU the kernels run under Triton's interpreter (tests/conftest.py), in fp16 and fp32 (the
 interpreter has no bf16), with tiny odd lengths so every path runs: partial query and key tiles,
 head_dim padded to a power of two, GQA and MQA, bottom-right causal with seq_q < seq_kv, and decode
-with one split, many splits, and a split in which a query sees no key at all. The `gpu` tests add
-bf16 at real sizes, with one fixed config per kernel.
+with one split, many splits, and a split in which a query sees no key at all. attention_ws (the
+Hopper variant: head_dim 64 and 128 only, fp16/bf16) runs there too: the interpreter runs its TMA
+descriptors (zero fill past a head's rows, stores clipped) and ignores warp_specialize, so the CPU
+tests cover its masking, tiling and validation, not TMA hardware or warp specialization; its
+`gpu` tests compare it with SDPA and the reference. The `gpu` tests add bf16 at real sizes, with one
+fixed config per kernel.
 
 Outputs are judged by the harness's one rule (harness/measure/check.py) with the attention workload's
 tolerance (k = seq_kv + head_dim, P and the output rounded): relative to each output row's scale,
@@ -16,10 +20,15 @@ import math
 import pytest
 import torch
 
-from harness.measure.check import compare
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+
+from harness import backends
+from harness.hardware.device import DeviceFacts
+from harness.measure.check import Tolerance, compare
 from harness.measure.dtypes import DTYPES
 from harness.workloads.attention import ATTENTION, tolerance_for as attention_tolerance
-from kernels import attention, decode_attention
+from kernels import attention, attention_ws, decode_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NAME = {torch.float32: "fp32", torch.float16: "fp16"}
@@ -135,3 +144,99 @@ def test_decode_bf16_at_real_size(batch, sq, seq_kv):
     q, k, v, out = make(batch, 32, 8, sq, seq_kv, 128, torch.bfloat16)
     decode_attention.prepare(q, k, v, out, causal=True, config=decode_attention.FIXED_CONFIG)()
     assert harness_check(q, k, v, out, True, "decode") is None
+
+
+# attention_ws: on CPU fp16 only (the interpreter has no bf16, the kernel no fp32), head_dim 64/128.
+HOPPER_PREFILL = [  # b, hq, hkv, sq, skv, d, causal
+    (1, 2, 2, 37, 37, 64, True),  # square causal, ragged last tiles: unmasked, diagonal, clipped store
+    (2, 4, 2, 19, 53, 128, True),  # GQA, bottom-right causal with seq_q < seq_kv
+    (1, 4, 1, 33, 48, 64, False),  # MQA, seq_kv a multiple of every BLOCK_N: the unmasked loop
+    (1, 2, 2, 40, 23, 128, False),  # ragged seq_kv: the masked loop; more queries than keys
+    (1, 2, 1, 1, 40, 64, True),  # one query: sees every key
+]
+
+
+@pytest.mark.parametrize("b, hq, hkv, sq, skv, d, causal", HOPPER_PREFILL)
+def test_hopper_prefill_kernel_matches_the_reference(b, hq, hkv, sq, skv, d, causal):
+    q, k, v, out = make(b, hq, hkv, sq, skv, d, torch.float16)
+    assert attention_ws.prepare(q, k, v, out, causal=causal)() is out
+    assert_matches(out, q, k, v, causal)
+
+
+@pytest.mark.parametrize("sq, skv, d, causal, config", [
+    (200, 300, 64, True, attention_ws.FIXED_CONFIG),  # 2 query tiles: unmasked stage, 3 diagonal tiles
+    (130, 256, 128, False, attention_ws.FIXED_WS_CONFIG),  # whole key tiles, no mask
+    (130, 300, 64, False, attention_ws.FIXED_WS_CONFIG),  # ragged last key tile, masked loop
+])
+def test_hopper_prefill_with_its_fixed_configs(sq, skv, d, causal, config):
+    q, k, v, out = make(1, 2, 1, sq, skv, d, torch.float16)
+    attention_ws.prepare(q, k, v, out, causal=causal, config=config)()
+    assert_matches(out, q, k, v, causal)
+
+
+def test_hopper_prefill_through_its_backend():
+    p = dict(phase="prefill", batch=1, heads=4, kv_heads=2, seq_q=45, seq_kv=70, head_dim=64, causal=True)
+    backend, dtype = backends.get("attention", "triton-ws"), DTYPES["fp16"]
+    facts = DeviceFacts(kind=DEVICE, name=DEVICE)
+    assert backend.unsupported(p, dtype, facts) is None
+    assert "triton-decode" in backend.unsupported({**p, "phase": "decode", "seq_q": 1}, dtype, facts)
+    assert "head_dim 96" in backend.unsupported({**p, "head_dim": 96}, dtype, facts)
+    assert "fp16, bf16" in backend.unsupported(p, DTYPES["fp32"], facts)
+    inputs = ATTENTION.make_inputs(p, dtype, DEVICE, torch.Generator(device=DEVICE).manual_seed(0))
+    out = backend.build(inputs, p, dtype)()
+    assert out is inputs["out"] and ATTENTION.check(inputs, out, p, dtype) is None
+
+
+def test_hopper_prefill_refuses_what_it_does_not_do():
+    if not torch.cuda.is_available():
+        assert "bf16" in attention_ws.unsupported(torch.bfloat16, "cpu", 64)
+    q, k, v, out = make(1, 2, 2, 16, 16, 64, torch.float16)
+    with pytest.raises(ValueError, match="non-causal kernel only"):
+        attention_ws.prepare(q, k, v, out, causal=True, config=attention_ws.FIXED_WS_CONFIG)
+    with pytest.raises(ValueError, match="TMA"):  # the head dimension strided: no TMA rows
+        attention_ws.prepare(q.transpose(2, 3).contiguous().transpose(2, 3), k, v, out, causal=False)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        attention_ws.prepare(q, k, v, out, causal=False, scale=-1.0)
+
+
+def test_hopper_prefill_configs(monkeypatch):
+    """FIXED_* fit the autotuner's parameters; on an H100's 227 KB the prune never offers warp
+    specialization to causal, nor a config over the shared memory or one known to spill."""
+    configs = attention_ws.production_configs()
+    for fixed in (attention_ws.FIXED_CONFIG, attention_ws.FIXED_WS_CONFIG):
+        assert set(fixed.kwargs) == set(configs[0].kwargs)
+    monkeypatch.setattr(attention_ws, "smem_bytes", lambda index: 232448)
+    q = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16)
+    for d in attention_ws.HEAD_DIMS:
+        for causal in (True, False):
+            kept = attention_ws._prune(configs, {"q_ptr": q}, HEAD_DIM=d, CAUSAL=causal)
+            assert kept and all(attention_ws.smem_estimate(c, d, 2) <= 232448 for c in kept)
+            assert any(c.kwargs["BLOCK_N"] == 128 for c in kept)
+            ws = [c for c in kept if c.kwargs["WARP_SPECIALIZE"]]
+            if causal or not attention_ws.HAS_WARP_SPECIALIZE:
+                assert not ws
+            else:
+                assert ws and all(c.num_warps == 4 for c in ws)
+            assert d == 64 or all(c.num_warps == 8 for c in kept if not c.kwargs["WARP_SPECIALIZE"])
+
+
+# GPU: bf16 at real sizes with the fixed configs, against the reference and against SDPA (each
+# within the tolerance of the reference, so within twice it of each other). 10 compiles.
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", attention_ws.HEAD_DIMS)
+@pytest.mark.parametrize("sq, skv, causal, config", [
+    (1024, 1024, True, attention_ws.FIXED_CONFIG), (1024, 1024, False, attention_ws.FIXED_CONFIG),
+    (1024, 1024, False, attention_ws.FIXED_WS_CONFIG), (1000, 1536, True, attention_ws.FIXED_CONFIG),
+    (1000, 1000, False, attention_ws.FIXED_WS_CONFIG)], ids=["causal", "full", "full-ws", "ragged-causal",
+                                                             "ragged-full-ws"])
+def test_hopper_prefill_bf16_against_sdpa(d, sq, skv, causal, config):
+    reason = attention_ws.unsupported(torch.bfloat16, torch.device(DEVICE), d)
+    if reason:
+        pytest.skip(reason)
+    q, k, v, out = make(2, 8, 2, sq, skv, d, torch.bfloat16)
+    attention_ws.prepare(q, k, v, out, causal=causal, config=config)()
+    assert harness_check(q, k, v, out, causal, "prefill") is None
+    kv = [t.repeat_interleave(q.shape[1] // t.shape[1], 1) for t in (k, v)]  # any SDPA kernel, not only GQA ones
+    sdpa = F.scaled_dot_product_attention(q, *kv, attn_mask=causal_lower_right(sq, skv) if causal else None)
+    tol = attention_tolerance({"seq_kv": skv, "head_dim": d}, DTYPES["bf16"])
+    assert compare(out.float(), sdpa.float(), Tolerance(2 * tol.norm, 2 * tol.element), rms_dim=-1) is None

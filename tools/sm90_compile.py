@@ -1,6 +1,6 @@
 """Compile our Triton kernels for Hopper (sm_90a) without a GPU and say whether each would launch
-on an H100/H200: shared memory, registers, local memory (spills), and the tensor-core (wgmma) and
-TMA instructions in the SASS.
+on an H100/H200: shared memory, registers, local memory (spills), and the tensor-core (wgmma), TMA
+and setmaxnreg (warp specialization) instructions in the SASS.
 
     python tools/sm90_compile.py                 # every FIXED_CONFIG case the `gpu` tests run, and more dtypes
     python tools/sm90_compile.py --autotune      # also every production autotune config (report only)
@@ -17,7 +17,10 @@ A row fails (exit 1, FIXED_CONFIG rows only) when it does not compile, when Trit
 ptxas's static shared memory exceeds 232448 B (the sm_90 opt-in maximum per block), or when
 registers x threads exceed 65536. It warns on local memory: the stack frame plus local bytes
 per thread that cuobjdump reports, where ptxas puts spilled registers (Triton's n_spills is that
-number / 4, from CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES), and when the expected wgmma (HGMMA/QGMMA/IGMMA) or TMA (UTMALDG) instructions are missing.
+number / 4, from CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES), when the expected wgmma (HGMMA/QGMMA/IGMMA)
+or TMA (UTMALDG) instructions are missing, and when a warp-specialized kernel has no setmaxnreg
+(USETMAXREG: Triton dropped the specialization). Threads are Triton's own count, which includes
+the warps a warp-specialized kernel adds.
 TRITON_INTERPRET is ignored (removed from this process's environment).
 """
 
@@ -44,7 +47,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime import jit  # noqa: E402
 
-from kernels import attention, common, decode_attention, gemm, moe, probes  # noqa: E402
+from kernels import attention, attention_ws, common, decode_attention, gemm, moe, probes  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 64)
 SMEM_LIMIT = 232448  # cudaDevAttrMaxSharedMemoryPerBlockOptin on H100 and H200 (227 KB)
@@ -54,7 +57,7 @@ META = torch.device("meta")
 FP8 = torch.float8_e4m3fn
 WGMMA = ("HGMMA", "QGMMA", "IGMMA")
 MMA = ("HMMA", "IMMA", "QMMA")
-OPCODES = re.compile(r"\b(HGMMA|QGMMA|IGMMA|HMMA|IMMA|QMMA|UTMALDG|UTMASTG)\b")
+OPCODES = re.compile(r"\b(HGMMA|QGMMA|IGMMA|HMMA|IMMA|QMMA|UTMALDG|UTMASTG|UBLKCP|USETMAXREG)\b")
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Case:
     config: triton.Config
     expect: dict = field(default_factory=dict)
     tma: tuple = ()  # jit functions that must load through TMA
+    ws: tuple = ()  # jit functions that must be warp-specialized (setmaxnreg)
     only: tuple = ()  # report only these jit functions (empty: all the case launches)
 
 
@@ -100,7 +104,8 @@ def _as_h100(captured: list):
                mock.patch.object(torch.cuda, "get_device_capability", lambda *a: (9, 0)),
                mock.patch.object(gemm, "_num_sms", lambda device: SMS),
                mock.patch.object(decode_attention, "_sm_count", lambda device: SMS)]
-    patches += [mock.patch.object(m, "smem_bytes", lambda index: SMEM_LIMIT) for m in (gemm, moe, attention)]
+    patches += [mock.patch.object(m, "smem_bytes", lambda index: SMEM_LIMIT)
+                for m in (gemm, moe, attention, attention_ws)]
     with contextlib.ExitStack() as stack:
         for p in patches:
             stack.enter_context(p)
@@ -134,7 +139,7 @@ def _inspect(compiled, row: Row) -> None:
         row.ops[op] = row.ops.get(op, 0) + 1
 
 
-def _judge(row: Row, expect: str | None, tma: bool) -> None:
+def _judge(row: Row, expect: str | None, tma: bool, ws: bool = False) -> None:
     if row.smem > SMEM_LIMIT:
         row.problems.append(f"shared memory {row.smem} B > {SMEM_LIMIT} B")
     if row.regs * row.threads > REGS_PER_SM:
@@ -149,12 +154,15 @@ def _judge(row: Row, expect: str | None, tma: bool) -> None:
         row.warnings.append("tensor-core instructions where none were expected")
     if tma and "UTMALDG" not in found:
         row.warnings.append("no TMA load (UTMALDG)")
+    if ws and "USETMAXREG" not in found:
+        row.warnings.append("not warp-specialized (no USETMAXREG)")
 
 
 def _config_text(config) -> str:
     if config is None:
         return "launcher's own"
-    text = " ".join(f"{k.removeprefix('BLOCK_')}{v}" for k, v in config.kwargs.items())
+    text = " ".join(k.lower() if v is True else f"{k.removeprefix('BLOCK_')}{v}"
+                    for k, v in config.kwargs.items() if v is not False)
     return f"{text} w{config.num_warps} s{config.num_stages}"
 
 
@@ -174,7 +182,7 @@ def run_case(case: Case, cache: dict) -> list[Row]:
             if key not in cache:
                 cache[key] = triton.compile(src, target=TARGET, options=options)
             _inspect(cache[key], row)
-            _judge(row, case.expect.get(name), name in case.tma)
+            _judge(row, case.expect.get(name), name in case.tma, name in case.ws)
         except Exception as e:  # a compile error is this row's result, not the end of the report
             row.error = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             row.problems.append("does not compile")
@@ -270,6 +278,7 @@ def fixed_cases() -> list[Case]:
     for d in (64, 256, 8):
         cases.append(Case(f"attention bf16 d{d} causal 1000x1000", _attention(attention, 2, 16, 4, 1000, 1000, d,
                           torch.bfloat16, True), attention.FIXED_CONFIG, {"_forward_kernel": "wgmma"}))
+    cases += _attention_ws_cases()
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         kind = "none" if dtype == torch.float32 else "mma"  # BLOCK_M 16 rows: below wgmma's 64
         for batch, sq, skv in ((1, 1, 32768), (64, 1, 4099), (4, 4, 8191)):
@@ -279,6 +288,24 @@ def fixed_cases() -> list[Case]:
     cases.append(Case("decode bf16 d8 block-test", _attention(decode_attention, 4, 4, 2, 1, 300, 8, torch.bfloat16,
                       True), decode_attention.FIXED_CONFIG, {"_split_kernel": "mma"}))
     cases.append(Case("probes copy + exp2", _probes, None, {"_copy_kernel": "none", "_exp2_chain_kernel": "none"}))
+    return cases
+
+
+def _attention_ws_case(label, b, hq, hkv, sq, skv, d, causal, config) -> Case:
+    ws = ("_forward_kernel",) if config.kwargs["WARP_SPECIALIZE"] else ()
+    launch = _attention(attention_ws, b, hq, hkv, sq, skv, d, torch.bfloat16, causal)
+    return Case(f"{label}{' ws' if ws else ''}", launch, config, {"_forward_kernel": "wgmma"}, ("_forward_kernel",), ws)
+
+
+def _attention_ws_cases() -> list[Case]:
+    """kernels/attention_ws.py at the `gpu` tests' cases: FIXED_CONFIG, and FIXED_WS_CONFIG where
+    the case is non-causal (warp specialization is offered for non-causal only)."""
+    cases = []
+    for d in attention_ws.HEAD_DIMS:
+        for sq, skv, causal in ((1024, 1024, True), (1024, 1024, False), (1000, 1536, True), (1000, 1000, False)):
+            label = f"attention-ws bf16 d{d} {'causal' if causal else 'full'} {sq}x{skv}"
+            for config in (attention_ws.FIXED_CONFIG,) + (() if causal else (attention_ws.FIXED_WS_CONFIG,)):
+                cases.append(_attention_ws_case(label, 2, 8, 2, sq, skv, d, causal, config))
     return cases
 
 
@@ -302,6 +329,13 @@ def autotune_cases() -> list[Case]:
             cases.append(Case(f"[autotune] attention {NAMES[dtype]} d{d} causal 4096",
                               _attention(attention, 1, 32, 8, 4096, 4096, d, dtype, True), cfg,
                               {"_forward_kernel": "none" if dtype == torch.float32 else "wgmma"}))
+    for d in attention_ws.HEAD_DIMS:
+        for causal in (True, False):
+            for cfg in attention_ws._forward_kernel.configs:
+                if not (causal and cfg.kwargs["WARP_SPECIALIZE"]):  # never offered: see the kernel
+                    cases.append(_attention_ws_case(f"[autotune] attention-ws bf16 d{d} "
+                                                    f"{'causal' if causal else 'full'} 4096", 1, 32, 8, 4096, 4096,
+                                                    d, causal, cfg))
     for cfg in decode_attention._split_kernel.configs:
         cases.append(Case("[autotune] decode bf16 d128 b1 kv32768", _attention(decode_attention, 1, 32, 8, 1, 32768,
                           128, torch.bfloat16, True), cfg, {"_split_kernel": "mma"}))
@@ -315,7 +349,8 @@ def _kept_by_prune(case: Case) -> str:
         case.launch(case.config)
         for fn, args, kwargs in captured:
             tuner = {k.fn: k for k in (gemm._tiled_kernel, gemm._tma_kernel, moe._gate_up_kernel, moe._down_kernel,
-                                       attention._forward_kernel, decode_attention._split_kernel)}.get(fn)
+                                       attention._forward_kernel, attention_ws._forward_kernel,
+                                       decode_attention._split_kernel)}.get(fn)
             if tuner is None or not any(c is case.config for c in tuner.configs):
                 continue
             if tuner.early_config_prune is None:

@@ -1,4 +1,4 @@
-"""Attention backends: torch SDPA's four kernels, flex_attention, our two Triton kernels, naive torch.
+"""Attention backends: torch SDPA's four kernels, flex_attention, our three Triton kernels, naive torch.
 
 Every backend runs the workload's exact mask (harness/workloads/attention.py): bottom-right causal
 or none. Where a backend cannot express it, or has no kernel for the dtype, head_dim or GQA
@@ -20,6 +20,8 @@ layout, the case is skipped with the reason; it never runs a different mask.
   inductor's C++ template (seconds per shape); without a C++ compiler it is skipped.
 * triton: kernels/attention.py, FlashAttention-style forward. triton-decode: kernels/
   decode_attention.py, split-KV flash-decoding; its `splits` column says how many chunks ran.
+  triton-ws: kernels/attention_ws.py, the Hopper prefill variant (TMA tiles, warp-specialized KV
+  loop); selected by name only: it joins no default until a GPU run shows it correct and faster.
 * torch: the textbook path, softmax(q·kᵀ·scale)·v with matmul and softmax in the input dtype,
   the B·Hq·Sq·Skv scores materialized: the reference point fusion is measured against.
 
@@ -197,6 +199,20 @@ def _triton_build(inputs: dict, p: dict, dtype: DType):
     return attention.prepare(inputs["q"], inputs["k"], inputs["v"], inputs["out"], causal=p["causal"])
 
 
+def _triton_ws_unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
+    from kernels import attention_ws
+
+    if p["phase"] == "decode":
+        return "a prefill kernel (128-query tiles, one query row used at decode); use triton-decode"
+    return attention_ws.unsupported(dtype.storage, torch.device(dev.kind), p["head_dim"])
+
+
+def _triton_ws_build(inputs: dict, p: dict, dtype: DType):
+    from kernels import attention_ws
+
+    return attention_ws.prepare(inputs["q"], inputs["k"], inputs["v"], inputs["out"], causal=p["causal"])
+
+
 def _decode_unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
     from kernels import decode_attention
 
@@ -252,6 +268,8 @@ register(Backend("attention", "flex", "torch flex_attention, compiled (block-spa
                  _flex_unsupported, _flex_build))
 register(Backend("attention", "triton", "ours: kernels/attention.py, FlashAttention-style forward",
                  _triton_unsupported, _triton_build))
+register(Backend("attention", "triton-ws", "ours: kernels/attention_ws.py, Hopper prefill (TMA, warp-specialized "
+                 "KV loop); by name only", _triton_ws_unsupported, _triton_ws_build))
 register(Backend("attention", "triton-decode", "ours: kernels/decode_attention.py, split-KV flash-decoding",
                  _decode_unsupported, _decode_build, _decode_columns))
 register(Backend("attention", "torch", "naive matmul + softmax + matmul, scores materialized",
