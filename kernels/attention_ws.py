@@ -39,8 +39,7 @@ num_warps = 4, three warpgroups: one issues the TMA loads, two consumers each ta
 query rows (O is stored in two halves), and setmaxnreg moves registers to the consumers; with
 num_warps = 8 the request is silently
 dropped; a kernel with two KV loops (causal) fails in the pass, and a branch inside the loop drops
-it silently. So it is offered for non-causal only, at 4 warps, and never where tl.range has no
-warp_specialize argument (HAS_WARP_SPECIALIZE: older Triton).
+it silently. So it is offered for non-causal only, at 4 warps.
 
 Configs: BLOCK_M 128; BLOCK_N 64 or 128; 4 or 8 warps; 2-4 stages (the pipeline depth, or the
 warp-specialized loop's buffer count). BLOCK_N 128 only with 8 warps or warp specialization (4
@@ -79,12 +78,13 @@ DTYPES = (torch.float16, torch.bfloat16)
 HEAD_DIMS = (64, 128)
 BLOCK_M = 128
 KV_ALIGN = 128  # every BLOCK_N divides it: Skv % KV_ALIGN == 0 leaves no ragged last key tile
-HAS_DESCRIPTORS = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
-HAS_WARP_SPECIALIZE = "warp_specialize" in inspect.signature(tl.range.__init__).parameters
+# What the kernel uses of Triton (3.6 and 3.9 have all of it; older releases lack some).
+HAS_TRITON_FEATURES = (hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
+                       and "warp_specialize" in inspect.signature(tl.range.__init__).parameters)
 
 # (BLOCK_N, num_stages, num_warps, warp-specialized); see the module docstring.
 _TILES = ([(bn, s, w, False) for bn, w in ((64, 4), (64, 8), (128, 8)) for s in (2, 3, 4)]
-          + [(bn, s, 4, True) for bn in (64, 128) for s in (2, 3, 4) if HAS_WARP_SPECIALIZE])
+          + [(bn, s, 4, True) for bn in (64, 128) for s in (2, 3, 4)])
 
 # Fixed configs for tests and compile checks (`config=`): at most 130 KB of shared memory, and no
 # spills on sm_90 with Triton 3.6 or 3.9 (see the module docstring).
@@ -207,8 +207,9 @@ def unsupported(dtype: torch.dtype, device: torch.device, head_dim: int) -> str 
         return f"{dtype} is not supported (fp16, bf16): a Hopper tensor-core kernel"
     if head_dim not in HEAD_DIMS:
         return f"head_dim {head_dim} is not supported (64, 128): the TMA tile is the whole head"
-    if not HAS_DESCRIPTORS:
-        return f"triton {triton.__version__} has no tl.make_tensor_descriptor or triton.set_allocator"
+    if not HAS_TRITON_FEATURES:
+        return (f"triton {triton.__version__} lacks tl.make_tensor_descriptor, triton.set_allocator or "
+                "tl.range(warp_specialize=)")
     reason = common.platform_unsupported(dtype, device)
     if reason or common.INTERPRET:
         return reason  # the interpreter runs descriptors, so the logic is testable on a CPU
@@ -249,12 +250,9 @@ def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     if scale <= 0:
         raise ValueError(f"scale must be positive (got {scale}): the row max is taken before scaling")
     kernel = common.pinned(_forward_kernel, config)
-    if config is not None and config.kwargs["WARP_SPECIALIZE"]:
-        if causal:
-            raise ValueError("warp specialization is for the non-causal kernel only: Triton's Hopper "
-                             "pass builds it for one KV loop, and causal has two")
-        if not HAS_WARP_SPECIALIZE:
-            raise ValueError(f"triton {triton.__version__} has no tl.range(warp_specialize=)")
+    if causal and config is not None and config.kwargs["WARP_SPECIALIZE"]:
+        raise ValueError("warp specialization is for the non-causal kernel only: Triton's Hopper pass "
+                         "builds it for one KV loop, and causal has two")
     args = (q, k, v, out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             hq, hq // hkv, sq, skv, scale * LOG2E)
     consts = dict(HEAD_DIM=d, CAUSAL=causal, EVEN_KV=skv % KV_ALIGN == 0)

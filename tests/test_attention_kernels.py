@@ -213,10 +213,7 @@ def test_hopper_prefill_configs(monkeypatch):
             assert kept and all(attention_ws.smem_estimate(c, d, 2) <= 232448 for c in kept)
             assert any(c.kwargs["BLOCK_N"] == 128 for c in kept)
             ws = [c for c in kept if c.kwargs["WARP_SPECIALIZE"]]
-            if causal or not attention_ws.HAS_WARP_SPECIALIZE:
-                assert not ws
-            else:
-                assert ws and all(c.num_warps == 4 for c in ws)
+            assert not ws if causal else ws and all(c.num_warps == 4 for c in ws)
             assert d == 64 or all(c.num_warps == 8 for c in kept if not c.kwargs["WARP_SPECIALIZE"])
 
 
