@@ -170,8 +170,8 @@ def test_norm_is_accumulated_across_chunks():
 
 
 def test_tolerances_grow_with_k_and_roundings_and_order_the_dtypes():
-    tol = {d: tolerance(DTYPES[d], 4096) for d in ("fp32", "fp16", "tf32", "bf16", "fp8")}
-    assert tol["fp32"].norm < tol["fp16"].norm < tol["tf32"].norm < tol["bf16"].norm <= tol["fp8"].norm
+    tol = {d: tolerance(DTYPES[d], 4096) for d in ("fp64", "fp32", "fp16", "tf32", "bf16", "fp8")}
+    assert tol["fp64"].norm < tol["fp32"].norm < tol["fp16"].norm < tol["tf32"].norm < tol["bf16"].norm <= tol["fp8"].norm
     assert tolerance(DTYPES["fp32"], 16384).norm > tolerance(DTYPES["fp32"], 256).norm
     assert tolerance(DTYPES["bf16"], 256, roundings=12).norm > tolerance(DTYPES["bf16"], 256).norm
     for t in tol.values():

@@ -16,7 +16,7 @@ H100_FACTS = DeviceFacts(kind="cuda", name="NVIDIA H100 80GB HBM3", vendor="nvid
 
 
 @pytest.mark.parametrize("dtype, s_in, s_out", [
-    ("fp32", 4, 4), ("tf32", 4, 4), ("bf16", 2, 2), ("fp16", 2, 2), ("fp8", 1, 2), ("int8", 1, 4)])
+    ("fp64", 8, 8), ("fp32", 4, 4), ("tf32", 4, 4), ("bf16", 2, 2), ("fp16", 2, 2), ("fp8", 1, 2), ("int8", 1, 4)])
 def test_gemm_bytes_use_input_and_output_sizes(dtype, s_in, s_out):
     p = {"m": 3, "n": 5, "k": 7}
     assert GEMM.bytes(p, DTYPES[dtype]) == (3 * 7 + 7 * 5) * s_in + 3 * 5 * s_out
@@ -55,7 +55,7 @@ def test_decode_gemv_is_memory_bound_and_roofline_uses_bandwidth():
 
 
 def test_each_dtype_is_measured_against_its_own_peak():
-    for dtype, peak in [("fp32", 67), ("tf32", 494.5), ("fp8", 1979), ("int8", 1979)]:
+    for dtype, peak in [("fp64", 67), ("fp32", 67), ("tf32", 494.5), ("fp8", 1979), ("int8", 1979)]:
         row = metrics.achieved(10**12, 10**9, 1000.0, H100, DTYPES[dtype].peak_key)
         assert row["mfu"] == pytest.approx(1 / peak), dtype
 

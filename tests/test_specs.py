@@ -201,7 +201,7 @@ GOOD_ENTRY = dict(
         ("bandwidth_tbs", 3350, "not a plausible TB/s"),
         ("bandwidth_tbs", -1, "bandwidth_tbs: must be a positive"),
         ("peaks_tflops", {"bf16": 0}, "peaks_tflops.bf16: must be a positive"),
-        ("peaks_tflops", {"fp64": 10}, "peaks_tflops.fp64: unknown dtype"),
+        ("peaks_tflops", {"fp6": 10}, "peaks_tflops.fp6: unknown dtype"),
         ("match", ["(unclosed"], "match: bad regular expression"),
         ("match", [], "match: must be a non-empty list"),
         ("sms", 13.5, "sms: must be a positive integer"),
@@ -237,12 +237,13 @@ def test_derive_hopper_like_reproduces_datasheet():
 @pytest.mark.parametrize(
     "key, cc, clock_mhz, dtypes",
     [
-        ("a100-sxm-80gb", (8, 0), 1410, ["fp32", "tf32", "bf16", "int8"]),
+        ("a100-sxm-80gb", (8, 0), 1410, ["fp64", "fp32", "tf32", "bf16", "int8"]),
         ("a10", (8, 6), 1695, ["fp32", "tf32", "bf16", "int8"]),
         ("l4", (8, 9), 2040, ["fp32", "tf32", "bf16", "fp8", "int8"]),
         ("l40s", (8, 9), 2520, ["fp32", "tf32", "bf16", "fp8"]),
         ("h100-sxm", (9, 0), 1830, ["tf32", "bf16", "fp8", "int8"]),  # tensor clock
-        ("h100-sxm", (9, 0), 1980, ["fp32"]),  # max boost: fp32 uses it
+        ("h100-sxm", (9, 0), 1980, ["fp64", "fp32"]),  # max boost: fp32 and FP64 tensor cores use it
+        ("h100-pcie", (9, 0), 1755, ["fp64", "fp32"]),
         ("b200", (10, 0), 1860, ["tf32", "bf16", "fp8", "int8", "fp4"]),
         ("b200", (10, 0), 1980, ["fp32"]),
     ],

@@ -1,6 +1,9 @@
 """GEMM backends: `torch` (cuBLAS on NVIDIA, hipBLASLt on AMD, oneDNN/MKL on CPU) and `triton`
 (ours, kernels/gemm.py). Each writes into the workload's poisoned `out` buffer, so nothing is
 allocated inside the timed region and an unwritten tile fails the check.
+
+fp64 is torch.matmul in float64: cuBLAS DGEMM, on the FP64 tensor cores of sm80 and later parts
+that have them. Our kernel has no fp64 (kernels/gemm.py says so, and the case is a skipped row).
 """
 
 from __future__ import annotations

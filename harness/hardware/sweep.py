@@ -6,7 +6,11 @@
   and Triton compilation). Then the `torch` backend (the vendor library) times shapes known to be
   good on the device class (SEEDS: multiples of 256 around 8k, and the best shapes of published
   maximum-achievable-matmul sweeps), then explores: neighbours of the best shape so far (one
-  dimension moved by 256-1024) alternating with seeded random multiples of 256. For the last part
+  dimension moved by 256-1024) alternating with seeded random multiples of 256. A shape whose
+  shortest measurement (warm-up and first batch at the best rate seen so far) would end past the
+  dtype's share is passed over, so a slow dtype cannot overrun its share by much: fp64 runs at 1/64
+  of fp32 on GPUs without FP64 tensor cores, where 8192^3 takes seconds a call, so its sweep
+  starts from the smallest seed. For the last part
   of the share our `triton` backend times the best few torch shapes (its per-shape autotuning
   would otherwise eat the share). The dtype's ceiling is the best of both; which backend and
   shape set it is recorded, with every shape tried and its rate.
@@ -24,6 +28,7 @@ take a few seconds more.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import replace
@@ -40,7 +45,8 @@ from harness.workloads.gemm import GEMM
 
 # On a GPU every dtype a suite may use, the most quoted first: a sweep cut short (`mfu check`)
 # still has them. Each gets an equal share either way.
-MATMUL_DTYPES = {"cuda": ("bf16", "fp16", "fp8", "int8", "tf32", "fp32"), "cpu": ("fp32", "bf16")}
+MATMUL_DTYPES = {"cuda": ("bf16", "fp16", "fp8", "int8", "tf32", "fp32", "fp64"), "cpu": ("fp32", "bf16")}
+SMALL_SEEDS_FIRST = ("fp64",)  # dtypes whose rate spans 64x across GPUs: seeds in order of size
 BACKENDS = {"cuda": ("torch", "triton"), "cpu": ("torch",)}  # Triton on a CPU is the interpreter
 DEFAULT_BUDGET_S = {"cuda": 75.0, "cpu": 10.0}
 # Known-good shapes first: 8192^3; the Llama-3-8B gate_up projection at 4096 tokens (793 TFLOPS bf16
@@ -63,6 +69,7 @@ TORCH_SHARE = 0.65  # of a dtype's share when our Triton kernel runs after torch
 TRITON_SHAPES = 3  # the best torch shapes our kernel is timed at
 COPY_ELEMENTS = {"cuda": 1 << 28, "cpu": 1 << 25}  # 1 GiB and 128 MiB of fp32 per buffer
 SETTINGS = TimingSettings(warmup_ms=5, min_samples=5, max_time_s=0.2, rel_ci=0.02, l2_flush=False)
+CALLS_PER_SHAPE = 2 + SETTINGS.min_samples  # the timer's two warm-up calls and its first batch
 LAUNCH_SETTINGS = TimingSettings(warmup_ms=5, min_samples=200, max_time_s=0.2, rel_ci=0.01, l2_flush=False)
 
 
@@ -106,9 +113,13 @@ def _matmul(kind, facts, dtype_name, timer, sampler, share_s, log) -> dict:
     tried: dict[str, list] = {"torch": []}
     gen = torch.Generator(device=kind).manual_seed(0)
     rng, seen = random.Random(0), set()
-    for shape in _explore(kind, rng, lambda: _best(tried["torch"]), seen):
-        if time.perf_counter() > torch_until:
+    seeds = sorted(SEEDS[kind], key=math.prod) if dtype_name in SMALL_SEEDS_FIRST else SEEDS[kind]
+    for shape in _explore(kind, rng, lambda: _best(tried["torch"]), seen, seeds):
+        left_s = torch_until - time.perf_counter()
+        if left_s <= 0:
             break
+        if not _fits(shape, _best(tried["torch"]), left_s):
+            continue
         try:
             found = _time_shape("torch", shape, dtype, facts, gen, timer, sampler)
         except torch.cuda.OutOfMemoryError:  # the estimate missed a workspace: this shape is out of reach
@@ -162,7 +173,15 @@ def _check(backend, dtype, kind, facts) -> str | None:
     return None
 
 
-def _explore(kind: str, rng: random.Random, best, seen: set):
+def _fits(shape, best: dict | None, left_s: float) -> bool:
+    """Whether timing this shape (CALLS_PER_SHAPE calls at the best rate seen so far) ends within
+    left_s; before any shape was timed there is no rate to judge by."""
+    if not best:
+        return True
+    return 2 * math.prod(shape) / (best["tflops"] * 1e12) * CALLS_PER_SHAPE <= left_s
+
+
+def _explore(kind: str, rng: random.Random, best, seen: set, seeds: list):
     """Seeds, then neighbours of the best shape so far alternating with random shapes; no repeats."""
     lo, hi = RANDOM_RANGE[kind]
 
@@ -172,7 +191,7 @@ def _explore(kind: str, rng: random.Random, best, seen: set):
         seen.add(shape)
         return True
 
-    for shape in SEEDS[kind]:
+    for shape in seeds:
         if fresh(shape):
             yield shape
     for attempt in range(100_000):

@@ -16,7 +16,10 @@ data (the workloads' inputs are N(0, 1) or N(0, 1/fan-in)), independent sources 
   than the stored inputs (tf32: fp32 storage, 11-bit products); zero elsewhere, since every reference
   upcasts the same stored bf16/fp16/fp8 inputs (their products are exact in fp32);
 - accumulation: a sum of K random-sign products rounded at each step drifts like sqrt(K)·u_acc
-  relative to the result: fp32 accumulators u = 2^-24. Hopper's fp8 tensor cores add in a
+  relative to the result: fp32 accumulators u = 2^-24, fp64 ones u = 2^-53. Nothing wider than fp64
+  serves as a reference, so an fp64 output is compared with a float64 reference that drifts as much
+  as the kernel: the two independent drifts add, sqrt(2)·sqrt(K)·2^-53 (an fp64 case computed in
+  fp32 anywhere is off by 2^-24 or more, millions of times that). Hopper's fp8 tensor cores add in a
   reduced-precision accumulator (13 stored mantissa bits, u = 2^-14, truncating; the H200 run's
   errors and the DeepSeek-V3 report agree), over at most FP8_PROMOTE_K products before the partial
   sum is promoted into fp32 (cuBLAS without fast-accum, torch._scaled_mm's default, and our
@@ -45,8 +48,10 @@ import torch
 from harness.measure.dtypes import DType
 
 # Unit roundoff of the values a kernel multiplies (2^-p, p significant bits with the implicit one).
-COMPUTE_ROUNDOFF = {"fp32": 2**-24, "tf32": 2**-11, "bf16": 2**-8, "fp16": 2**-11, "fp8": 2**-4}
+COMPUTE_ROUNDOFF = {"fp64": 2**-53, "fp32": 2**-24, "tf32": 2**-11, "bf16": 2**-8, "fp16": 2**-11,
+                    "fp8": 2**-4}
 FP32_ACCUMULATOR = 2**-24
+FP64_ACCUMULATOR = 2**-53
 FP8_ACCUMULATOR = 2**-14  # Hopper's fp8 MMA accumulator: 13 stored mantissa bits
 FP8_PROMOTE_K = 128  # products summed there before promotion to fp32 (cuBLAS, kernels/gemm.py, kernels/moe.py)
 NORM_FACTOR = 3.0
@@ -60,7 +65,10 @@ class Tolerance:
 
 
 def accumulation_error(dtype: DType, k: int) -> float:
-    """Relative error of a K-long sum of random-sign products in the dtype's accumulator."""
+    """Relative error of a K-long sum of random-sign products in the dtype's accumulator (fp64: the
+    kernel's and its float64 reference's, which has no more precision)."""
+    if dtype.name == "fp64":
+        return math.sqrt(2) * FP64_ACCUMULATOR * math.sqrt(k)
     fp32 = FP32_ACCUMULATOR * math.sqrt(k)
     if dtype.name != "fp8":
         return fp32

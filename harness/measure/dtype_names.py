@@ -6,6 +6,6 @@ the ceilings sweep and every workload's `dtypes` draw from them. A new dtype sta
 
 from __future__ import annotations
 
-NAMES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")  # what a suite's `dtype:` may say
+NAMES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8")  # what a suite's `dtype:` may say
 # A datasheet peak may also be listed for a dtype no case runs yet (fp4 on Blackwell).
 PEAK_KEYS = NAMES + ("fp4",)

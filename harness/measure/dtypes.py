@@ -3,7 +3,8 @@ element sizes.
 
 A dtype name says both how inputs are stored and which datasheet peak the result is measured
 against: `tf32` is fp32 storage computed with TF32 tensor-core math, so its MFU is over the tf32
-peak. Output sizes follow DESIGN.md: fp8 GEMMs write bf16, int8 GEMMs write int32.
+peak; `fp64` is IEEE double, over the FP64 matrix (tensor-core) peak where a part has one. Output
+sizes follow DESIGN.md: fp8 GEMMs write bf16, int8 GEMMs write int32.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class DType:
 
 # (storage, output) of each name; each is measured against the peak of its own name.
 _TORCH = {
+    "fp64": (torch.float64, torch.float64),
     "fp32": (torch.float32, torch.float32),
     "tf32": (torch.float32, torch.float32),
     "bf16": (torch.bfloat16, torch.bfloat16),

@@ -22,7 +22,8 @@ CHUNK_BYTES = 256 << 20  # reference computed in row blocks of this size, to bou
 
 def reference_dtype(dtype: DType) -> torch.dtype:
     # fp32 accumulation is exact enough for 16- and 8-bit float inputs (their products are exact
-    # in fp32); fp32/tf32 inputs need fp64, and so do int8 sums, which can pass 2^24.
+    # in fp32); fp32/tf32 inputs need fp64, and so do int8 sums, which can pass 2^24. fp64 has
+    # nothing wider: its reference is float64 too, and check.py's fp64 bound counts its drift.
     return torch.float32 if dtype.name in ("bf16", "fp16", "fp8") else torch.float64
 
 
@@ -42,7 +43,7 @@ class Gemm(Workload):
         Param("k", int, "the reduction dimension (input features)", required=True, minimum=1),
         LABEL,
     )
-    dtypes = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
+    dtypes = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8")
     default_dtype = "bf16"
     baseline = "torch"  # cuBLAS: the vendor kernel ours is measured against
     presets = {name: _preset_rows(name) for name, spec in models.MODELS.items() if spec.attention_exact}
@@ -97,7 +98,8 @@ def tolerance_for(p: dict, dtype: DType):
     """harness/measure/check.py's rule for one K-long reduction rounded once to the output dtype. The
     reference upcasts the same stored inputs, so only tf32 (which rounds fp32 inputs inside the
     kernel) carries an input-rounding term; fp32 must sit far below TF32's error, so an fp32 case
-    that silently ran on TF32 tensor cores is a mismatch rather than a flattering MFU."""
+    that silently ran on TF32 tensor cores is a mismatch rather than a flattering MFU, and fp64
+    (about sqrt(K)·2^-53) far below fp32's, so an fp64 case computed in fp32 is one too."""
     return tolerance(dtype, p["k"])
 
 

@@ -17,25 +17,32 @@ if TYPE_CHECKING:  # annotations only: DeviceFacts' module imports torch
 # Dense FLOPs (a multiply-add counts 2; int8 ops likewise) per SM per clock, by compute
 # capability. Each row reproduces known datasheets at the clock NVIDIA computed them with:
 #   8.0  A100: 108 SMs x 1410 MHz x 2048 = 312 bf16; x 1024 = 156 tf32; x 128 = 19.5 fp32;
-#        x 4096 = 624 int8.
+#        x 4096 = 624 int8; x 128 = 19.5 fp64 (FP64 tensor cores: 16 DP FMA per tensor core per
+#        clock, 4 per SM, as NVIDIA's forum works the whitepaper's 19.5 back).
 #   8.6  A10: 72 x 1695 MHz x 1024 = 125 bf16; x 512 = 62.5 tf32; x 256 = 31.2 fp32; x 2048 = 250.
 #   8.9  L4: 58 x 2040 MHz x 1024 = 121 bf16, x 2048 = 242 fp8; L40S: 142 x 2520 MHz x 2048 = 733
 #        fp8, x 512 = 183 tf32 (its datasheet bf16 is 362, 1% under 142 x 2520 x 1024).
 #   9.0  H100 SXM: 132 x 1830 MHz x 4096 = 989 bf16. The datasheet's tensor peaks use 1830 MHz,
 #        not the 1980 MHz max boost that NVML reports (fp32 does: 132 x 1980 x 256 = 67), so a
 #        peak derived at the max clock reads ~8% above the datasheet: MFU errs low, never high.
+#        FP64 tensor cores run at the max clock: 132 x 1980 x 256 = 66.9 fp64 (glennklockwood's
+#        table); H100 PCIe 114 x 1755 x 256 = 51.2, its datasheet's 51.
 #   10.0 B200: 148 x ~1860 MHz x 8192 = 2250 bf16, x 32768 = 9000 fp4; fp32 75 at ~1980 MHz.
 #   12.0 RTX PRO 5000 Blackwell: 110 x 2620 MHz x 1024 = 295 fp16 (FP16 accumulate),
 #        x 4096 = 1180 fp4, x 256 = 73.7 fp32 and tf32 (third-party copies of NVIDIA's tables).
 # Rates are each architecture's highest documented ones. GeForce and some workstation and L40
 # parts run tf32, and fp16/bf16/fp8 with FP32 accumulate (what PyTorch uses), at HALF these rates
 # (RTX 4090: 165 bf16, not 330), so for them a derived peak is twice what is attainable. 8.7
-# (Jetson Orin) and older architectures are left out: no per-SM rates were grounded for them.
+# (Jetson Orin) and older architectures are left out: no per-SM rates were grounded for them. fp64
+# only where FP64 tensor cores make DGEMM fast (8.0, 9.0); elsewhere it stays empty (GA10x, Ada and
+# RTX Blackwell run FP64 at 1/64 of fp32, and no per-SM rate was grounded for 10.0's). China-market
+# Hoppers cut FP64 (H800, H20: table entries without it); one not in the table would get 9.0's
+# full fp64 rate derived, so its fp64 MFU would err low.
 ARCH_RATES: dict[tuple[int, int], tuple[str, dict[str, int]]] = {
-    (8, 0): ("ampere GA100", dict(fp32=128, tf32=1024, bf16=2048, fp16=2048, int8=4096)),
+    (8, 0): ("ampere GA100", dict(fp64=128, fp32=128, tf32=1024, bf16=2048, fp16=2048, int8=4096)),
     (8, 6): ("ampere GA10x", dict(fp32=256, tf32=512, bf16=1024, fp16=1024, int8=2048)),
     (8, 9): ("ada", dict(fp32=256, tf32=512, bf16=1024, fp16=1024, fp8=2048, int8=2048)),
-    (9, 0): ("hopper", dict(fp32=256, tf32=2048, bf16=4096, fp16=4096, fp8=8192, int8=8192)),
+    (9, 0): ("hopper", dict(fp64=256, fp32=256, tf32=2048, bf16=4096, fp16=4096, fp8=8192, int8=8192)),
     (10, 0): (
         "blackwell datacenter",
         dict(fp32=256, tf32=4096, bf16=8192, fp16=8192, fp8=16384, int8=16384, fp4=32768),
