@@ -59,3 +59,30 @@ register(Backend("gemm", "torch", "torch.matmul / _scaled_mm / _int_mm (cuBLAS o
                  _torch_unsupported, _torch_build))
 register(Backend("gemm", "triton", "ours: kernels/gemm.py, autotuned tiles, grouped order, TMA on Hopper",
                  _triton_unsupported, _triton_build))
+
+
+def _splitk_unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
+    from kernels import gemm
+
+    if p["m"] > gemm.SPLIT_MAX_M:
+        return f"split-K is for decode sizes, m <= {gemm.SPLIT_MAX_M} (got m={p['m']}); use triton"
+    return gemm.unsupported(dtype.storage, torch.device(dev.kind), "splitk")
+
+
+def _splitk_build(inputs: dict, p: dict, dtype: DType):
+    from kernels import gemm
+
+    precision = "tf32" if dtype.name == "tf32" else "ieee"
+    return gemm.prepare(inputs["a"], inputs["b"], inputs["out"], precision=precision, variant="splitk")
+
+
+def _splitk_columns(inputs: dict, p: dict, dtype: DType) -> dict:
+    from kernels import gemm
+
+    splits, _ = gemm.split_count(p["m"], p["n"], p["k"], dtype.storage, inputs["a"].device)
+    return {"splits": splits}
+
+
+register(Backend("gemm", "triton-splitk", "ours: kernels/gemm.py split-K for decode sizes (m <= 64), "
+                 "partials summed in a fixed order; not in triton's auto until a GPU run shows it faster",
+                 _splitk_unsupported, _splitk_build, columns=_splitk_columns))
