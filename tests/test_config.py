@@ -50,7 +50,7 @@ cases:
 
 def test_defaults_fill_backends_and_dtype():
     suite = parse("cases: [{workload: gemm, m: 8, n: 8, k: 8}]")
-    assert [c.backend for c in suite.cases] == ["torch", "triton"]
+    assert [c.backend for c in suite.cases] == ["torch", "triton", "triton-splitk"]
     assert {c.dtype for c in suite.cases} == {"bf16"}
     assert suite.timing.rel_ci == 0.01 and suite.name == "suite"
 
@@ -104,7 +104,7 @@ def test_case_id_is_stable_and_readable():
     ("cases: [{workload: gemm, m: 1, n: 2, k: 3, dtype: fp4}]",
      "suite.yaml: cases[0].dtype: must be one of fp64, fp32, tf32, bf16, fp16, fp8, int8 (got 'fp4')"),
     ("cases: [{workload: gemm, m: 1, n: 2, k: 3, backends: [torch, cublas]}]",
-     "suite.yaml: cases[0].backends: must be one of torch, triton (got 'cublas')"),
+     "suite.yaml: cases[0].backends: must be one of torch, triton, triton-splitk (got 'cublas')"),
     ("cases: [{workload: gemm, shapes: [{m: 1, n: 2, k: 3}, {m: 1, n: -2, k: 3}]}]",
      "suite.yaml: cases[0].shapes[1].n: must be at least 1 (got -2)"),
     ("cases: [{workload: gemm, shapes: [{m: 1, n: 2, k: 3, q: 1}]}]", "suite.yaml: cases[0].shapes[0].q: unknown key"),

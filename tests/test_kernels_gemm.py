@@ -61,14 +61,15 @@ def _check(out, a, b, precision="ieee"):
         assert problem is None, problem
 
 
-def _run(m, n, k, dtype, variant, b_kmajor=False, precision="ieee", config=None):
+def _run(m, n, k, dtype, variant, b_kmajor=False, precision="ieee", config=None, splits=None):
     reason = gemm.unsupported(dtype, torch.device(DEVICE), variant)
     if reason:
         pytest.skip(reason)
     a, b = _inputs(m, n, k, dtype, b_kmajor)
     out = _poisoned(m, n, dtype)
-    assert gemm.matmul(a, b, out, precision=precision, variant=variant, config=config) is out
+    assert gemm.matmul(a, b, out, precision=precision, variant=variant, config=config, splits=splits) is out
     _check(out, a, b, precision)
+    return a, b, out
 
 
 # Not multiples of the blocks; decode-like M=1; tall and wide to cover partial tile groups.
@@ -144,11 +145,138 @@ def test_empty_dims_launch_nothing():
     lambda a, b: gemm.matmul(a, b, torch.empty(8, 8, device=DEVICE)),  # out shape
     lambda a, b: gemm.matmul(a, b, torch.empty(8, 24, device=DEVICE, dtype=torch.float16)),  # out dtype
     lambda a, b: gemm.matmul(a, b[:, :13], variant="tma"),  # out: 13 fp32 columns, rows not 16-byte aligned
-], ids=["k", "dtype", "precision", "variant", "out_shape", "out_dtype", "tma_unaligned"])
+    lambda a, b: gemm.matmul(a, b, variant="tiled", splits=2),  # splits is split-K's
+    lambda a, b: gemm.matmul(a, b, variant="splitk", splits=0),
+    lambda a, b: gemm.matmul(a, b, variant="splitk", splits=gemm.MAX_SPLITS + 1),
+], ids=["k", "dtype", "precision", "variant", "out_shape", "out_dtype", "tma_unaligned", "splits_not_splitk",
+        "splits_0", "splits_too_many"])
 def test_rejects_bad_arguments(call):
     a, b = _inputs(8, 24, 16, torch.float32)
     with pytest.raises(ValueError):
         call(a, b)
+
+
+# Split-K: decode-sized M, K cut into splits whose fp32 partials are summed in a fixed order.
+# Under the interpreter the SM count is 2, so the shape model rarely splits small K: `splits=` forces
+# it, with K not a multiple of the split length (the last split is short, and not a whole BLOCK_K).
+
+SPLITK_SHAPES = [(1, 48, 300), (16, 70, 520), (64, 40, 330)]
+
+
+@pytest.mark.parametrize("splits", [None, 3], ids=["model", "3_splits"])
+@pytest.mark.parametrize("b_kmajor", [False, True], ids=["b_rowmajor", "b_kmajor"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("shape", SPLITK_SHAPES, ids=str)
+def test_splitk_matches_torch(shape, dtype, b_kmajor, splits):
+    m, n, k = shape
+    count, k_split = gemm.split_count(m, n, k, dtype, DEVICE, splits)
+    assert count == (splits or count) and k % k_split and k_split % (128 // dtype.itemsize) == 0
+    _run(*shape, dtype, "splitk", b_kmajor, config=gemm.FIXED_CONFIG, splits=splits)
+
+
+@pytest.mark.parametrize("dtype,precision", [(torch.int8, "ieee"), (torch.float32, "tf32")], ids=["int8", "tf32"])
+def test_splitk_int8_and_tf32(dtype, precision):
+    _run(16, 40, 300, dtype, "splitk", precision=precision, config=gemm.FIXED_CONFIG, splits=3)
+
+
+def test_splitk_is_bit_identical_across_calls():
+    """Two calls into fresh poisoned outputs give the same bits (the model splits this shape: 4)."""
+    m, n, k = 16, 64, 1024
+    assert gemm.split_count(m, n, k, torch.float32, DEVICE)[0] > 1
+    a, b, first = _run(m, n, k, torch.float32, "splitk", config=gemm.FIXED_CONFIG)
+    again = _poisoned(m, n, torch.float32)
+    gemm.matmul(a, b, again, variant="splitk", config=gemm.FIXED_CONFIG)
+    assert torch.equal(first.view(torch.int32), again.view(torch.int32))
+
+
+def test_split_count_on_an_h100_sized_gpu(monkeypatch):
+    """The split counts the module docstring states for Llama-3-8B at 16 tokens on 132 SMs, and the
+    caps: a split never empty, K_SPLIT a whole number of BLOCK_K, the partials' share at M = 64."""
+    monkeypatch.setattr(gemm, "_num_sms", lambda device: 132)
+    llama = {"down": (4096, 14336, 8), "o": (4096, 4096, 8), "qkv": (6144, 4096, 5), "gate_up": (28672, 4096, 1)}
+    for name, (n, k, want) in llama.items():
+        splits, k_split = gemm.split_count(16, n, k, torch.bfloat16, "cuda")
+        assert splits == want, name
+        assert k_split % 64 == 0 and (splits - 1) * k_split < k <= splits * k_split
+    # M = 64: the partials (2 * s * M * N * 4 bytes) may not pass 1/8 of B's bytes, K * N * 2.
+    splits, _ = gemm.split_count(64, 4096, 4096, torch.bfloat16, "cuda")
+    assert splits == 2 and 2 * splits * 64 * 4 <= 4096 * 2 / gemm.PARTIALS_SHARE
+    assert gemm.split_count(1, 4096, 256, torch.bfloat16, "cuda")[0] == 1  # 4 K steps: too few to split
+    assert gemm.split_count(16, 4096, 4096, torch.bfloat16, "cuda", 3) == (3, 1408)
+
+
+def test_auto_never_picks_splitk(monkeypatch):
+    """On Hopper `auto` times its candidates and keeps the fastest; split-K is not among them (it
+    joins after a GPU run shows it correct and faster), even where it would time fastest."""
+    timed = []
+
+    def fake_launcher(name):
+        def make(a, b, out, precision, config=None):
+            return lambda: timed.append(name)
+        return make
+
+    monkeypatch.setattr(common, "INTERPRET", False)
+    monkeypatch.setattr(gemm, "_is_hopper", lambda device: True)
+    monkeypatch.setattr(gemm, "_splitk_launcher", fake_launcher("splitk"))
+    monkeypatch.setattr(gemm, "_LAUNCHERS", {"tiled": fake_launcher("tiled"), "tma": fake_launcher("tma"),
+                                             "splitk": fake_launcher("splitk")})
+    ms = {"tiled": 2.0, "tma": 3.0, "splitk": 1.0}
+    monkeypatch.setattr(gemm.triton.testing, "do_bench", lambda fn: fn() or ms[timed[-1]])
+    a, b = _inputs(16, 64, 256, torch.float16)
+    out = _poisoned(16, 64, torch.float16)
+    assert gemm._auto_variant(a, b, out, "ieee") == "tiled"
+    assert "splitk" not in timed and "splitk" not in gemm.AUTO_CANDIDATES
+
+
+def test_splitk_backend_runs_through_the_harness(tmp_path):
+    """triton-splitk as a gemm backend: ok and checked at decode sizes, with its split count in the
+    row; refused (skipped, with the reason) above m = 64."""
+    import io
+
+    from conftest import rows
+    from rich.console import Console
+
+    from harness.measure import config, runner
+
+    suite = config.parse("""
+suite: splitk
+timing: {warmup_ms: 0, min_samples: 3, max_time_s: 0.02, rel_ci: 0.5, l2_flush: false}
+cases:
+  - workload: gemm
+    backends: [torch, triton-splitk]
+    dtype: [fp16, fp32]
+    shapes: [{m: 16, n: 32, k: 1024}, {m: 80, n: 16, k: 64}]
+""", "splitk.yaml")
+    assert runner.run(suite, "cpu", tmp_path, Console(file=io.StringIO()), isolate="none") == 0
+    by = {(r["backend"], r["dtype"], r["m"]): r for r in rows(tmp_path / "results.csv")}
+    for dtype, torch_dtype in (("fp16", torch.float16), ("fp32", torch.float32)):
+        row = by[("triton-splitk", dtype, "16")]
+        assert row["status"] == "ok", row["reason"]
+        assert int(row["splits"]) == gemm.split_count(16, 32, 1024, torch_dtype, "cpu")[0] > 1
+        refused = by[("triton-splitk", dtype, "80")]
+        assert refused["status"] == "skipped" and "m <= 64" in refused["reason"]
+
+
+def test_kernels_suite_pairs_each_of_our_kernels_with_the_vendors():
+    """configs/kernels.yaml parses, and every case of ours has the vendor kernel beside it on the
+    same problem: split-K and the tiled kernel beside cuBLAS at 16 tokens, never above m = 64."""
+    from pathlib import Path
+
+    from harness.measure import config
+
+    suite = config.load(Path(__file__).resolve().parents[1] / "configs" / "kernels.yaml")
+    problems = {}
+    for case in suite.cases:
+        key = (case.workload, case.dtype, tuple(sorted(case.p.items())))
+        problems.setdefault(key, set()).add(case.backend)
+    vendor = {"gemm": "torch", "attention": "sdpa-flash", "moe": "torch-grouped", "block": "eager"}
+    assert all(vendor[key[0]] in backends for key, backends in problems.items())
+    gemms = {dict(key[2])["m"]: backends for key, backends in problems.items() if key[0] == "gemm"}
+    splitk = [dict(key[2]) for key, backends in problems.items() if "triton-splitk" in backends]
+    assert len(splitk) == 4 and all(p["m"] == 16 for p in splitk) and gemms[16] == {"torch", "triton", "triton-splitk"}
+    dtypes = {key[1] for key in problems if key[0] == "gemm"}
+    assert dtypes == {"bf16", "fp8", "int8", "tf32", "fp32"}
+    assert len(suite.cases) == 69  # the header's time estimate counts these
 
 
 # unsupported(): reasons are decided from the environment, so fake it.
@@ -222,6 +350,17 @@ def test_gpu_bf16_fp8(shape, dtype, b_kmajor, variant):
 def test_gpu_unaligned_falls_back_to_tiled(dtype):
     _run(333, 197, 131, dtype, "auto", config=gemm.FIXED_CONFIG)
     assert not any(key[0] == (333, 131) for key in gemm._AUTO_CHOICE)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn], ids=["bf16", "fp8"])
+def test_gpu_splitk_decode(dtype):
+    """Split-K at a decode shape, B as the workload stores it (the transposed view of an [N, K]
+    weight), the split count the model picks on this GPU: correct, and bit-identical on a second call."""
+    a, b, first = _run(16, 512, 4096, dtype, "splitk", b_kmajor=True, config=gemm.FIXED_CONFIG)
+    assert gemm.split_count(16, 512, 4096, dtype, a.device)[0] > 1
+    again = gemm.matmul(a, b, _poisoned(16, 512, dtype), variant="splitk", config=gemm.FIXED_CONFIG)
+    assert torch.equal(first.view(torch.int16), again.view(torch.int16))
 
 
 @pytest.mark.gpu

@@ -194,12 +194,12 @@ def run_case(case: Case, cache: dict) -> list[Row]:
 
 # --- the cases -------------------------------------------------------------------------------------
 
-def _gemm(m, n, k, dtype, variant, b_kmajor=False, precision="ieee"):
+def _gemm(m, n, k, dtype, variant, b_kmajor=False, precision="ieee", splits=None):
     def launch(config):
         a = torch.empty(m, k, dtype=dtype, device=META)
         b = torch.empty(n, k, dtype=dtype, device=META).T if b_kmajor else torch.empty(k, n, dtype=dtype, device=META)
         out = torch.empty(m, n, dtype=gemm.OUT_DTYPE[dtype], device=META)
-        gemm.prepare(a, b, out, precision=precision, variant=variant, config=config)()
+        gemm.prepare(a, b, out, precision=precision, variant=variant, config=config, splits=splits)()
     return launch
 
 
@@ -240,8 +240,10 @@ def _gemm_name(dtype, precision):
 
 
 def _gemm_expect(dtype, precision, variant):
-    kind = "none" if dtype == torch.float32 and precision == "ieee" else "wgmma"
-    return {"_tiled_kernel" if variant == "tiled" else "_tma_kernel": kind}
+    ieee = dtype == torch.float32 and precision == "ieee"
+    if variant == "splitk":  # BLOCK_M 16 and 32 are below wgmma's 64 rows: mma.sync (HMMA) is expected there
+        return {"_splitk_kernel": "none" if ieee else "mma", "_splitk_sum_kernel": "none"}
+    return {"_tiled_kernel" if variant == "tiled" else "_tma_kernel": "none" if ieee else "wgmma"}
 
 
 def fixed_cases() -> list[Case]:
@@ -261,6 +263,10 @@ def fixed_cases() -> list[Case]:
     for dtype in (torch.bfloat16, FP8):
         cases.append(Case(f"gemm tiled {NAMES[dtype]} unaligned 333x197x131", _gemm(333, 197, 131, dtype, "tiled"),
                           gemm.FIXED_CONFIG, _gemm_expect(dtype, "ieee", "tiled")))
+    for dtype, precision in GEMM_DTYPES:  # the decode shape of the splitk `gpu` test, B as the workload stores it
+        cases.append(Case(f"gemm splitk {_gemm_name(dtype, precision)} decode 16x512x4096",
+                          _gemm(16, 512, 4096, dtype, "splitk", True, precision), gemm.FIXED_CONFIG,
+                          _gemm_expect(dtype, precision, "splitk")))
     moe_shapes = {"deepseek-v3 decode": (64, 256, 8, 7168, 2048), "ragged prefill": (333, 8, 2, 1000, 1400),
                   "mid": (200, 32, 8, 1024, 768), "block-test": (4, 4, 2, 32, 16)}
     for name, shape in moe_shapes.items():
@@ -318,6 +324,12 @@ def autotune_cases() -> list[Case]:
                 cases.append(Case(f"[autotune] gemm {variant} {_gemm_name(dtype, precision)} 8192^3",
                                   _gemm(8192, 8192, 8192, dtype, variant, precision=precision), cfg,
                                   _gemm_expect(dtype, precision, variant), ("_tma_kernel",)))
+    for m in (16, 64):  # Llama-3-8B's down projection at decode sizes, B as the workload stores it
+        for dtype, precision in GEMM_DTYPES:
+            for cfg in gemm._splitk_kernel.configs:
+                cases.append(Case(f"[autotune] gemm splitk {_gemm_name(dtype, precision)} {m}x4096x14336",
+                                  _gemm(m, 4096, 14336, dtype, "splitk", True, precision), cfg,
+                                  _gemm_expect(dtype, precision, "splitk"), only=("_splitk_kernel",)))
     for dtype in (torch.bfloat16, FP8):
         for kernel in (moe._gate_up_kernel, moe._down_kernel):
             for cfg in kernel.configs:
@@ -348,9 +360,9 @@ def _kept_by_prune(case: Case) -> str:
     with _as_h100(captured):
         case.launch(case.config)
         for fn, args, kwargs in captured:
-            tuner = {k.fn: k for k in (gemm._tiled_kernel, gemm._tma_kernel, moe._gate_up_kernel, moe._down_kernel,
-                                       attention._forward_kernel, attention_ws._forward_kernel,
-                                       decode_attention._split_kernel)}.get(fn)
+            tuner = {k.fn: k for k in (gemm._tiled_kernel, gemm._tma_kernel, gemm._splitk_kernel,
+                                       moe._gate_up_kernel, moe._down_kernel, attention._forward_kernel,
+                                       attention_ws._forward_kernel, decode_attention._split_kernel)}.get(fn)
             if tuner is None or not any(c is case.config for c in tuner.configs):
                 continue
             if tuner.early_config_prune is None:

@@ -1,5 +1,6 @@
-"""GEMM backends: `torch` (cuBLAS on NVIDIA, hipBLASLt on AMD, oneDNN/MKL on CPU) and `triton`
-(ours, kernels/gemm.py). Each writes into the workload's poisoned `out` buffer, so nothing is
+"""GEMM backends: `torch` (cuBLAS on NVIDIA, hipBLASLt on AMD, oneDNN/MKL on CPU), `triton` (ours,
+kernels/gemm.py, its `auto` variant) and `triton-splitk` (ours, the split-K variant for decode
+sizes, chosen by name until a GPU run shows it faster). Each writes into the workload's poisoned `out` buffer, so nothing is
 allocated inside the timed region and an unwritten tile fails the check.
 
 fp64 is torch.matmul in float64: cuBLAS DGEMM, on the FP64 tensor cores of sm80 and later parts
@@ -51,14 +52,38 @@ def _triton_unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
     return gemm.unsupported(dtype.storage, torch.device(dev.kind))
 
 
-def _triton_build(inputs: dict, p: dict, dtype: DType):
+def _triton_build(inputs: dict, p: dict, dtype: DType, variant: str = "auto"):
     from kernels import gemm
 
     precision = "tf32" if dtype.name == "tf32" else "ieee"
-    return gemm.prepare(inputs["a"], inputs["b"], inputs["out"], precision=precision)
+    return gemm.prepare(inputs["a"], inputs["b"], inputs["out"], precision=precision, variant=variant)
 
 
 register(Backend("gemm", "torch", "torch.matmul / _scaled_mm / _int_mm (cuBLAS on NVIDIA GPUs)",
                  _torch_unsupported, _torch_build))
 register(Backend("gemm", "triton", "ours: kernels/gemm.py, autotuned tiles, grouped order, TMA on Hopper",
                  _triton_unsupported, _triton_build))
+
+
+def _splitk_unsupported(p: dict, dtype: DType, dev: DeviceFacts) -> str | None:
+    from kernels import gemm
+
+    if p["m"] > gemm.SPLIT_MAX_M:
+        return f"split-K is for decode sizes, m <= {gemm.SPLIT_MAX_M} (got m={p['m']}); use triton"
+    return gemm.unsupported(dtype.storage, torch.device(dev.kind), "splitk")
+
+
+def _splitk_build(inputs: dict, p: dict, dtype: DType):
+    return _triton_build(inputs, p, dtype, variant="splitk")
+
+
+def _splitk_columns(inputs: dict, p: dict, dtype: DType) -> dict:
+    from kernels import gemm
+
+    splits, _ = gemm.split_count(p["m"], p["n"], p["k"], dtype.storage, inputs["a"].device)
+    return {"splits": splits}
+
+
+register(Backend("gemm", "triton-splitk", "ours: kernels/gemm.py split-K for decode sizes (m <= 64), "
+                 "partials summed in a fixed order; not in triton's auto until a GPU run shows it faster",
+                 _splitk_unsupported, _splitk_build, columns=_splitk_columns))

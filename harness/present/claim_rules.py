@@ -25,7 +25,7 @@ FP8_SPEEDUP = 1.8  # "doubles", less 10%
 TRITON_VS_VENDOR = 0.75  # the lower published ratio (attention 477 / 630)
 LAYERS = ("tp-linear", "ep-moe")  # layers split over ranks, timed in phases (workloads/overlap_model.py)
 COMM_RATIO = 1.0  # compute at least as long as its communication
-OURS = {"gemm": ("triton",), "attention": ("triton", "triton-decode"), "moe": ("triton",), "block": ("kernels",)}
+OURS = {"gemm": ("triton", "triton-splitk"), "attention": ("triton", "triton-ws", "triton-decode"), "moe": ("triton",), "block": ("kernels",)}
 VENDOR = {"gemm": ("torch",), "attention": ("sdpa-flash", "sdpa-cudnn", "sdpa-efficient"),
           "moe": ("torch-grouped",), "block": ("eager",)}
 
