@@ -213,12 +213,7 @@ def unsupported(dtype: torch.dtype, device: torch.device, head_dim: int) -> str 
     reason = common.platform_unsupported(dtype, device)
     if reason or common.INTERPRET:
         return reason  # the interpreter runs descriptors, so the logic is testable on a CPU
-    if torch.version.hip:
-        return "written for NVIDIA Hopper's TMA and wgmma; use 'triton' on AMD GPUs"
-    major, minor = torch.cuda.get_device_capability(device)
-    if major != 9:
-        return f"written for Hopper (sm_90: TMA, wgmma); this GPU is sm_{major}{minor}; use 'triton'"
-    return None
+    return common.hopper_only(device, "this kernel", "triton")
 
 
 def _tma_ready(t: torch.Tensor) -> bool:
@@ -267,10 +262,3 @@ def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         return out
     return launch
 
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-              scale: float | None = None, out: torch.Tensor | None = None,
-              config: triton.Config | None = None) -> torch.Tensor:
-    """softmax(q·kᵀ·scale, bottom-right causal mask if causal)·v, into `out` (allocated when None)."""
-    out = torch.empty_like(q) if out is None else out
-    return prepare(q, k, v, out, causal=causal, scale=scale, config=config)()

@@ -24,6 +24,16 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "ye
 FP8 = torch.float8_e4m3fn
 
 
+def hopper_only(device, what: str, instead: str) -> str | None:
+    """Why a kernel written for Hopper's TMA and wgmma (sm_90) cannot run on this GPU, or None."""
+    if torch.version.hip:
+        return f"{what} uses NVIDIA Hopper's TMA and wgmma; use '{instead}' on AMD GPUs"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major != 9:
+        return f"{what} is written for Hopper (sm_90: TMA, wgmma); this GPU is sm_{major}{minor}; use '{instead}'"
+    return None
+
+
 def platform_unsupported(dtype: torch.dtype, device) -> str | None:
     """Why no kernel of ours can run `dtype` on `device` here, in one line; None if they can."""
     if INTERPRET:

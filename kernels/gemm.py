@@ -436,12 +436,7 @@ def unsupported(dtype: torch.dtype, device: torch.device, variant: str = "auto")
     reason = common.platform_unsupported(dtype, device)
     if reason or common.INTERPRET or variant != "tma":
         return reason  # the interpreter emulates descriptors, so the tma logic is testable on CPU
-    if torch.version.hip:
-        return "the tma variant uses NVIDIA Hopper TMA; use 'tiled' on AMD GPUs"
-    major, minor = torch.cuda.get_device_capability(device)
-    if major != 9:
-        return f"the tma variant is written for Hopper (sm_90); this GPU is sm_{major}{minor}"
-    return None
+    return common.hopper_only(device, "the tma variant", "tiled")
 
 
 def _check(a, b, out, precision, variant, splits=None):

@@ -172,3 +172,15 @@ def median_event_ms(fn, reps: int = 20, warmup: int = 3) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+@pytest.fixture
+def own_group():
+    """The group of one that a collective's build() makes is this test's: left after it."""
+    import torch.distributed as dist
+
+    from harness.distributed import group
+
+    assert not dist.is_initialized()
+    yield
+    group.leave()

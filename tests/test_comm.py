@@ -130,15 +130,6 @@ def test_movement_patterns_are_exact_distinct_per_rank_and_never_the_poison(dtyp
 
 # ------------------------------------------------------------------------------ one rank, in this process
 
-@pytest.fixture
-def own_group():
-    """The group of one that build() makes is this test's: destroyed after it."""
-    assert not dist.is_initialized()
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def _run_and_check(op: str, dtype: str, size: int, device: str = "cpu") -> dict:
     """One case as the runner does it: unsupported, make_inputs, build, first call, check; then a
     second (timed-like) call, and the checks of a corrupted and of an unwritten output."""

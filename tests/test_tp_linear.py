@@ -6,7 +6,6 @@ single-process reference (with a partial, a corrupted and an unwritten output ca
 
 import pytest
 import torch
-import torch.distributed as dist
 from conftest import QUICK, median_event_ms, mfu, on_ranks, rows, suite_file
 
 from harness import backends, workloads
@@ -149,15 +148,6 @@ def test_the_gemm_backends_reasons_for_the_local_problem_are_passed_on():
 
 
 # ------------------------------------------------------------------------------ one rank, in this process
-
-@pytest.fixture
-def own_group():
-    """The group of one that build() makes is this test's: destroyed after it."""
-    assert not dist.is_initialized()
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
 
 @pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("parallel", ["row", "column"])
